@@ -1,0 +1,108 @@
+"""Which implementation of the fused ops runs: the one switch the ops ask, nothing else branches on it.
+
+Backends:
+  "reference"  pure PyTorch (the parity baseline; runs anywhere, autograd by PyTorch)
+  "triton"     the Triton kernels in fastbert.kernels: CUDA tensors, or CPU tensors under the
+               Triton interpreter (TRITON_INTERPRET=1 set before fastbert.kernels is imported)
+  "cpu"        the C++ CPU kernels of the compiled extension (fastbert._C)
+  "auto"       "triton" for CUDA tensors, "cpu" for CPU tensors, each where the op has that
+               implementation, else "reference"
+
+The choice is global (`set_backend`), scoped (`with use_backend(...)`) or per model
+(`BertModel(config, backend=...)`, which scopes its forward). An explicit backend that cannot run an
+op on the given tensors raises; only "auto" falls back.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import os
+import threading
+
+import torch
+
+BACKENDS = ("auto", "reference", "triton", "cpu")
+
+_global = "auto"
+_local = threading.local()
+
+
+def validate(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown fastbert backend {name!r}; choose one of {BACKENDS}")
+    return name
+
+
+def set_backend(name: str) -> None:
+    """Set the process-wide default backend."""
+    global _global
+    _global = validate(name)
+
+
+def get_backend() -> str:
+    """The backend in force here: the innermost `use_backend`, else the global default."""
+    stack = getattr(_local, "stack", None)
+    return stack[-1] if stack else _global
+
+
+@contextlib.contextmanager
+def use_backend(name: str | None):
+    """Run a block under a backend; `None` leaves the current one in force."""
+    if name is None:
+        yield
+        return
+    stack = _local.__dict__.setdefault("stack", [])
+    stack.append(validate(name))
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.cache
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def resolve(op: str, device: torch.device, implemented: tuple[str, ...]) -> str:
+    """The implementation of `op` to run on `device`.
+
+    `implemented` lists the backends the op can run now: "reference" always, "triton" if it has Triton
+    kernels, "cpu" only if the compiled extension is loaded and provides the op.
+    """
+    name = get_backend()
+    if name == "reference":
+        return "reference"
+    if name == "auto":
+        if device.type == "cuda" and "triton" in implemented and triton_available():
+            return "triton"
+        if device.type == "cpu" and "cpu" in implemented:
+            return "cpu"
+        return "reference"
+    # An explicit backend: run it or say why not.
+    if name not in implemented:
+        why = ""
+        if name == "cpu":
+            from fastbert import _extension
+
+            why = f"; the C++ extension is {_extension.status()}"
+        raise RuntimeError(f"fastbert op {op!r} has no {name!r} implementation here "
+                           f"(available: {implemented}){why}")
+    if name == "triton":
+        if not triton_available():
+            raise RuntimeError(f"fastbert op {op!r}: backend 'triton' needs the triton package")
+        if device.type == "cpu" and not triton_interpreted():
+            raise RuntimeError(
+                f"fastbert op {op!r}: backend 'triton' got CPU tensors; Triton runs on CPU only in its "
+                "interpreter (export TRITON_INTERPRET=1 before importing fastbert), or use backend "
+                "'cpu' or 'auto'")
+        if device.type not in ("cpu", "cuda"):
+            raise RuntimeError(f"fastbert op {op!r}: backend 'triton' cannot run on {device}")
+    if name == "cpu" and device.type != "cpu":
+        raise RuntimeError(f"fastbert op {op!r}: backend 'cpu' got tensors on {device}")
+    return name

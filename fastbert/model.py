@@ -1,0 +1,279 @@
+"""minBERT: embeddings, N x (self-attention, add & norm, feed-forward, add & norm), pooler, MLM head.
+
+Every inner op goes through fastbert.ops, so the backend (reference / triton / cpu / auto) decides how
+it runs. Parameter names follow Hugging Face's BertModel, except that query, key and value are one
+fused `attention.self.qkv` projection; fastbert.pretrained maps between the two when loading and saving.
+
+Input forms:
+  padded  input_ids [B, S] (+ attention_mask, token_type_ids, position_ids)  -> [B, S, hidden]
+  packed  input_ids [T] + cu_seqlens (+ token_type_ids, position_ids)        -> [T, hidden]
+With unpad=True (default) a padded batch runs packed inside: no work is spent on padding.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastbert import backend as _backend
+from fastbert import nn as fnn
+from fastbert import ops
+from fastbert.config import BertConfig
+from fastbert.ops import padding
+
+
+@dataclasses.dataclass
+class BertOutput:
+    last_hidden_state: torch.Tensor  # [B, S, hidden] (zeros at padding) or packed [T, hidden]
+    pooler_output: torch.Tensor  # [num_seqs, hidden]: tanh(dense(first token))
+
+
+class _Linear(nn.Linear):
+    """nn.Linear whose bias is applied by the op that follows (fused), not by the matmul."""
+
+    def forward(self, x):
+        return F.linear(x, self.weight)
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = fnn.LayerNorm(config.hidden_size, config.layer_norm_eps)
+        self.dropout = config.hidden_dropout_prob
+
+    def forward(self, input_ids, token_type_ids, position_ids):
+        h = (self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+             + self.position_embeddings(position_ids))
+        return F.dropout(self.LayerNorm(h), self.dropout, self.training)
+
+
+class BertAddNorm(nn.Module):
+    """LayerNorm(dropout(dense(x)) + residual); dense's bias and the dropout fused into the norm."""
+
+    def __init__(self, d_in: int, config: BertConfig):
+        super().__init__()
+        self.dense = _Linear(d_in, config.hidden_size)
+        self.LayerNorm = fnn.LayerNorm(config.hidden_size, config.layer_norm_eps, config.hidden_dropout_prob)
+
+    def forward(self, x, residual):
+        return self.LayerNorm(self.dense(x), residual, input_bias=self.dense.bias)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.self = fnn.SelfAttention(config.hidden_size, config.num_attention_heads,
+                                      config.attention_probs_dropout_prob)
+        self.output = BertAddNorm(config.hidden_size, config)
+
+    def forward(self, x, **seqs):
+        return self.output(self.self(x, **seqs), x)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = _Linear(config.hidden_size, config.intermediate_size)
+        self.act = fnn.BiasGELU(config.gelu_approximate)
+
+    def forward(self, x):
+        return self.act(self.dense(x), self.dense.bias)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertAddNorm(config.intermediate_size, config)
+
+    def forward(self, x, **seqs):
+        x = self.attention(x, **seqs)
+        return self.output(self.intermediate(x), x)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, x, **seqs):
+        for layer in self.layer:
+            x = layer(x, **seqs)
+        return x
+
+
+class BertPooler(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, first_token):
+        return torch.tanh(self.dense(first_token))
+
+
+class BertModel(nn.Module):
+    """The BERT encoder. `backend` scopes the op implementation for this model (None: the global one)."""
+
+    def __init__(self, config: BertConfig, backend: str | None = None, unpad: bool = True):
+        super().__init__()
+        self.config, self.backend, self.unpad = config, backend, unpad
+        if backend is not None:
+            _backend.validate(backend)
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, m):
+        std = self.config.initializer_range
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=std)
+            if m.padding_idx is not None:
+                nn.init.zeros_(m.weight[m.padding_idx])
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike | None = None, **kwargs) -> "BertModel":
+        """Load a Hugging Face BERT directory (None: the packaged all-MiniLM-L6-v2)."""
+        from fastbert import pretrained
+
+        return pretrained.load_model(cls, path, **kwargs)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write config.json + model.safetensors that transformers' BertModel loads unchanged."""
+        from fastbert import pretrained
+
+        pretrained.save_model(self, directory)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                cu_seqlens=None, max_seqlen=None) -> BertOutput:
+        with _backend.use_backend(self.backend):
+            if input_ids.dim() == 1:
+                return self._forward_packed(input_ids, cu_seqlens, max_seqlen, token_type_ids, position_ids)
+            return self._forward_padded(input_ids, attention_mask, token_type_ids, position_ids)
+
+    def _check_ids(self, input_ids, token_type_ids, position_ids):
+        cfg = self.config
+        if input_ids.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+        if input_ids.device.type == "cpu" and input_ids.numel():
+            for name, t, limit in (("input_ids", input_ids, cfg.vocab_size),
+                                   ("token_type_ids", token_type_ids, cfg.type_vocab_size),
+                                   ("position_ids", position_ids, cfg.max_position_embeddings)):
+                lo, hi = int(t.min()), int(t.max())
+                if lo < 0 or hi >= limit:
+                    raise ValueError(f"{name} must lie in [0, {limit}); got values in [{lo}, {hi}]")
+
+    def _forward_padded(self, input_ids, attention_mask, token_type_ids, position_ids):
+        B, S = input_ids.shape
+        if S > self.config.max_position_embeddings:
+            raise ValueError(f"sequence length {S} exceeds max_position_embeddings "
+                             f"{self.config.max_position_embeddings}; truncate the input")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        if position_ids is None:
+            position_ids = torch.arange(S, device=input_ids.device).expand(B, S)
+        self._check_ids(input_ids, token_type_ids, position_ids)
+        if self.unpad:
+            ids, indices, cu_seqlens, max_seqlen = padding.unpad_input(input_ids, attention_mask)
+            flat = lambda t: t.reshape(-1).index_select(0, indices)  # noqa: E731
+            h = self.embeddings(ids, flat(token_type_ids), flat(position_ids))
+            h = self.encoder(h, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+            h = padding.pad_input(h, indices, B, S)
+        else:
+            seqlens = attention_mask.sum(1, dtype=torch.int32)
+            right = torch.arange(S, device=input_ids.device)[None, :] < seqlens[:, None]
+            if not torch.equal(attention_mask.bool(), right):
+                raise ValueError("attention_mask must be right-padded (ones, then zeros) when unpad=False; "
+                                 "use unpad=True for other masks")
+            h = self.embeddings(input_ids, token_type_ids, position_ids)
+            h = self.encoder(h, seqlens=seqlens) * right[..., None]  # zeros at padding, as unpadded
+        return BertOutput(h, self.pooler(h[:, 0]))
+
+    def _forward_packed(self, input_ids, cu_seqlens, max_seqlen, token_type_ids, position_ids):
+        if cu_seqlens is None:
+            raise ValueError("packed input_ids [T] need cu_seqlens (and max_seqlen)")
+        if cu_seqlens.device.type == "cpu":
+            lens = cu_seqlens[1:] - cu_seqlens[:-1]
+            if lens.numel() and int(lens.min()) < 1:
+                raise ValueError("every packed sequence needs at least one token (its [CLS])")
+            longest = int(lens.max()) if lens.numel() else 0
+            max_seqlen = longest if max_seqlen is None else max_seqlen
+        elif max_seqlen is None:
+            raise ValueError("packed CUDA input needs max_seqlen (computing it would synchronise)")
+        if max_seqlen > self.config.max_position_embeddings:
+            raise ValueError(f"sequence length {max_seqlen} exceeds max_position_embeddings "
+                             f"{self.config.max_position_embeddings}; truncate the input")
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        if position_ids is None:
+            position_ids = padding.position_ids_packed(cu_seqlens)
+        self._check_ids(input_ids, token_type_ids, position_ids)
+        h = self.embeddings(input_ids, token_type_ids, position_ids)
+        h = self.encoder(h, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+        return BertOutput(h, self.pooler(h[cu_seqlens[:-1].long()]))
+
+
+class BertMLMHead(nn.Module):
+    """dense + GELU + LayerNorm, then a decoder tied to the word embeddings, plus a bias."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = _Linear(config.hidden_size, config.hidden_size)
+        self.act = fnn.BiasGELU(config.gelu_approximate)
+        self.LayerNorm = fnn.LayerNorm(config.hidden_size, config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        nn.init.normal_(self.dense.weight, std=config.initializer_range)
+        nn.init.zeros_(self.dense.bias)
+
+    def forward(self, h, word_embeddings: torch.Tensor):
+        h = self.LayerNorm(self.act(self.dense(h), self.dense.bias))
+        return F.linear(h, word_embeddings, self.bias)
+
+
+class BertForMaskedLM(nn.Module):
+    """BERT + MLM head. The head runs only where labels != -100 (the masked positions)."""
+
+    def __init__(self, config: BertConfig, backend: str | None = None, unpad: bool = True,
+                 bert: BertModel | None = None):
+        super().__init__()
+        self.bert = bert if bert is not None else BertModel(config, backend, unpad)
+        self.config = self.bert.config
+        self.cls = BertMLMHead(self.config)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike | None = None, **kwargs) -> "BertForMaskedLM":
+        """Load a Hugging Face BERT directory; the MLM head is fresh if the checkpoint has none."""
+        from fastbert import pretrained
+
+        return pretrained.load_model(cls, path, **kwargs)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        from fastbert import pretrained
+
+        pretrained.save_model(self, directory)
+
+    def forward(self, input_ids, labels=None, **kw):
+        """Returns (loss, logits): logits [num_masked, vocab] at labels != -100 if labels are given,
+        else at every position."""
+        h = self.bert(input_ids, **kw).last_hidden_state
+        decoder = self.bert.embeddings.word_embeddings.weight
+        with _backend.use_backend(self.bert.backend):
+            if labels is None:
+                return None, self.cls(h, decoder)
+            sel = labels.reshape(-1) != -100
+            logits = self.cls(h.reshape(-1, h.shape[-1])[sel], decoder)
+        loss = F.cross_entropy(logits.float(), labels.reshape(-1)[sel], reduction="sum") / max(len(logits), 1)
+        return loss, logits

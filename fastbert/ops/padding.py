@@ -1,0 +1,54 @@
+"""Pad/unpad helpers (as flash-attention's bert_padding): run a whole encoder on packed tokens.
+
+Packed layout: the real tokens of every sequence back to back, [total_tokens, ...], described by
+`cu_seqlens` (int32, [num_seqs + 1], cumulative lengths starting at 0) and `max_seqlen` (an int).
+"""
+from __future__ import annotations
+
+import torch
+
+from fastbert.ops import _checks
+
+
+def unpad_input(hidden: torch.Tensor, attention_mask: torch.Tensor):
+    """[B, S, ...] + mask [B, S] (nonzero = real token) -> (packed [T, ...], indices [T], cu_seqlens, max_seqlen).
+
+    Any mask works (right or left padding, holes): tokens keep their order within each row.
+    """
+    _checks.tensor("unpad_input", "attention_mask", attention_mask, dim=2, dtypes=None,
+                   device=hidden.device, shape=tuple(hidden.shape[:2]))
+    mask = attention_mask.bool()
+    seqlens = mask.sum(dim=1, dtype=torch.int32)
+    indices = torch.nonzero(mask.flatten(), as_tuple=False).flatten()
+    cu_seqlens = torch.nn.functional.pad(torch.cumsum(seqlens, 0, dtype=torch.int32), (1, 0))
+    max_seqlen = int(seqlens.max()) if seqlens.numel() else 0
+    packed = hidden.reshape(-1, *hidden.shape[2:]).index_select(0, indices)
+    return packed, indices, cu_seqlens, max_seqlen
+
+
+def pad_input(packed: torch.Tensor, indices: torch.Tensor, batch: int, seqlen: int) -> torch.Tensor:
+    """Inverse of unpad_input: [T, ...] -> [batch, seqlen, ...] with zeros at padding."""
+    out = packed.new_zeros(batch * seqlen, *packed.shape[1:])
+    out = out.index_copy(0, indices, packed)
+    return out.view(batch, seqlen, *packed.shape[1:])
+
+
+def seqlens_to_cu(seqlens: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.pad(torch.cumsum(seqlens, 0, dtype=torch.int32), (1, 0))
+
+
+def padded_indices(cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
+    """For packed tokens, their flat index in a [num_seqs, max_seqlen] padded layout."""
+    cu = cu_seqlens.to(torch.int64)
+    seqlens = cu[1:] - cu[:-1]
+    seq = torch.repeat_interleave(torch.arange(len(seqlens), device=cu.device), seqlens)
+    pos = torch.arange(int(cu[-1]), device=cu.device) - cu[:-1][seq]
+    return seq * max_seqlen + pos
+
+
+def position_ids_packed(cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """Position of each packed token inside its own sequence (0, 1, ..., len-1 per sequence)."""
+    cu = cu_seqlens.to(torch.int64)
+    seqlens = cu[1:] - cu[:-1]
+    seq = torch.repeat_interleave(torch.arange(len(seqlens), device=cu.device), seqlens)
+    return torch.arange(int(cu[-1]), device=cu.device) - cu[:-1][seq]

@@ -1,0 +1,1 @@
+"""Triton kernels (installed as fastbert.kernels). GPU; CPU only under TRITON_INTERPRET=1."""

@@ -1,0 +1,118 @@
+"""fastbert.BertModel against transformers' BertModel on real sentences (fp32, reference backend)."""
+import os
+
+import pytest
+import torch
+
+from fastbert import BertConfig, BertModel, BertTokenizer
+from fastbert.pretrained import default_path
+from tests.conftest import max_rel_err, read_tsv_column
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def hf():
+    return transformers.BertModel.from_pretrained(default_path(), attn_implementation="eager")
+
+
+@pytest.fixture(scope="module")
+def batch(data_dir):
+    rows = read_tsv_column(os.path.join(data_dir, "cs224n", "sts-dev.csv"), "sentence1", "sentence2")
+    a = [r[0] for r in rows[:6]] + ["Hi.", rows[7][0] * 3]
+    b = [r[1] for r in rows[:6]] + ["Yes.", rows[7][1]]
+    tok = BertTokenizer.from_pretrained()
+    enc = tok(a, b)
+    assert len(set(enc.lengths.tolist())) > 4  # mixed lengths
+    return tok, enc, a, b
+
+
+def _hf_grads(model):
+    g = {n: p.grad for n, p in model.named_parameters()}
+    out = {}
+    for n, t in g.items():
+        if ".attention.self." in n:
+            prefix, kind = n.rsplit(".", 2)[0], n.rsplit(".", 1)[1]
+            out[f"{prefix}.qkv.{kind}"] = torch.cat([g[f"{prefix}.{x}.{kind}"] for x in ("query", "key", "value")])
+        else:
+            out[n] = t
+    return out
+
+
+@pytest.mark.parametrize("unpad", [True, False])
+def test_eval_outputs_match_hf(hf, batch, unpad):
+    _, enc, _, _ = batch
+    model = BertModel.from_pretrained(backend="reference", unpad=unpad).eval()
+    with torch.no_grad():
+        ours = model(**enc.model_inputs())
+        ref = hf.eval()(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
+                        token_type_ids=enc.token_type_ids)
+    real = enc.attention_mask.bool()
+    torch.testing.assert_close(ours.last_hidden_state[real], ref.last_hidden_state[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.pooler_output, ref.pooler_output, atol=1e-5, rtol=1e-5)
+    assert (ours.last_hidden_state[~real] == 0).all()
+
+
+def test_packed_input_matches_padded(batch):
+    tok, enc, a, b = batch
+    model = BertModel.from_pretrained(backend="reference").eval()
+    packed = tok(a, b, packed=True)
+    with torch.no_grad():
+        p = model(**packed.model_inputs())
+        q = model(**enc.model_inputs())
+    torch.testing.assert_close(p.last_hidden_state, q.last_hidden_state[enc.attention_mask.bool()])
+    torch.testing.assert_close(p.pooler_output, q.pooler_output)
+
+
+def test_train_mode_gradients_match_hf(batch):
+    _, enc, _, _ = batch
+    cfg = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    hf = transformers.BertModel.from_pretrained(default_path(), attn_implementation="eager", **cfg).train()
+    config = BertConfig.from_json(default_path())
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
+    model = BertModel.from_pretrained(config=config, backend="reference").train()
+    real = enc.attention_mask.bool()
+    w = torch.randn(*real.shape, config.hidden_size)  # a loss that touches every real output
+    ours = model(**enc.model_inputs())
+    ref = hf(input_ids=enc.input_ids, attention_mask=enc.attention_mask, token_type_ids=enc.token_type_ids)
+    ((ours.last_hidden_state * w)[real].sum() + ours.pooler_output.sum()).backward()
+    ((ref.last_hidden_state * w)[real].sum() + ref.pooler_output.sum()).backward()
+    ref_grads = _hf_grads(hf)
+    # fp32 sums in another order: the error is compared with each gradient's own scale
+    errors = {name: max_rel_err(p.grad, ref_grads[name]) for name, p in model.named_parameters()}
+    assert len(errors) == len(ref_grads)
+    assert max(errors.values()) < 1e-5, sorted(errors.items(), key=lambda kv: -kv[1])[:3]
+
+
+def test_random_init_bert_base_shapes():
+    model = BertModel(BertConfig.bert_base())
+    n = sum(p.numel() for p in model.parameters())
+    assert 109_000_000 < n < 110_000_000  # bert-base-uncased: 109.48M
+    out = model(torch.randint(0, 30522, (2, 9)))
+    assert out.last_hidden_state.shape == (2, 9, 768) and out.pooler_output.shape == (2, 768)
+
+
+def test_bad_inputs():
+    model = BertModel(BertConfig.minilm_l6(num_hidden_layers=1))
+    with pytest.raises(ValueError, match=r"input_ids must lie in \[0, 30522\)"):
+        model(torch.tensor([[101, 40000, 102]]))
+    with pytest.raises(ValueError, match="exceeds max_position_embeddings 512"):
+        model(torch.ones(1, 513, dtype=torch.long))
+    with pytest.raises(ValueError, match="right-padded"):
+        BertModel(model.config, unpad=False)(torch.ones(1, 3, dtype=torch.long),
+                                             attention_mask=torch.tensor([[0, 1, 1]]))
+    with pytest.raises(TypeError, match="integer tensor"):
+        model(torch.ones(1, 3))
+    with pytest.raises(ValueError, match="unknown fastbert backend"):
+        BertModel(model.config, backend="cuda")
+
+
+def test_left_padding_works_when_unpadded():
+    model = BertModel(BertConfig.minilm_l6(num_hidden_layers=2)).eval()
+    ids = torch.tensor([[101, 7592, 2088, 102]])
+    left = torch.tensor([[0, 0, 101, 7592, 2088, 102]])
+    with torch.no_grad():
+        a = model(ids, position_ids=torch.arange(4)[None]).last_hidden_state
+        b = model(left, attention_mask=torch.tensor([[0, 0, 1, 1, 1, 1]]),
+                  position_ids=torch.tensor([[0, 0, 0, 1, 2, 3]])).last_hidden_state
+    torch.testing.assert_close(a[0], b[0, 2:])
