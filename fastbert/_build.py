@@ -19,13 +19,25 @@ NVCC_FLAGS = ["-O3", "-std=c++17", "--use_fast_math", "-gencode=arch=compute_80,
               "-gencode=arch=compute_90,code=sm_90"]
 
 
+# Layout: csrc/<op>.h torch-free per-element math shared by CPU and CUDA; csrc/cpu/<op>.cpp and
+# csrc/cuda/<op>.cu torch-free kernels; csrc/bindings/<op>.cpp (CPU) and csrc/bindings/cuda_<op>.cpp
+# register them as torch ops fastbert_C::<name> (TORCH_LIBRARY_FRAGMENT, one file per op: no shared
+# registration file to edit); csrc/bindings/module.cpp is the Python module both extensions load as.
+
+
+def _bindings(root: str, cuda: bool) -> list[str]:
+    files = sorted(glob.glob(os.path.join(root, "bindings", "*.cpp")))
+    return [f for f in files if os.path.basename(f).startswith("cuda_") == cuda
+            and os.path.basename(f) != "module.cpp"]
+
+
 def cpu_sources(root: str = CSRC) -> list[str]:
-    """Torch-free CPU kernels plus their torch bindings (extension fastbert._C)."""
-    srcs = sorted(glob.glob(os.path.join(root, "cpu", "*.cpp")))
-    return srcs + [os.path.join(root, "bindings", "cpu.cpp")] if srcs else []
+    """Sources of fastbert._C: CPU kernels and their torch bindings (empty if there are none)."""
+    srcs = sorted(glob.glob(os.path.join(root, "cpu", "*.cpp"))) + _bindings(root, cuda=False)
+    return srcs + [os.path.join(root, "bindings", "module.cpp")] if srcs else []
 
 
 def cuda_sources(root: str = CSRC) -> list[str]:
-    """Torch-free CUDA kernels plus their torch bindings (extension fastbert._C_cuda)."""
-    srcs = sorted(glob.glob(os.path.join(root, "cuda", "*.cu")))
-    return srcs + [os.path.join(root, "bindings", "cuda.cpp")] if srcs else []
+    """Sources of fastbert._C_cuda: CUDA kernels and their torch bindings (empty if there are none)."""
+    srcs = sorted(glob.glob(os.path.join(root, "cuda", "*.cu"))) + _bindings(root, cuda=True)
+    return srcs + [os.path.join(root, "bindings", "module.cpp")] if srcs else []

@@ -1,5 +1,7 @@
 """The compiled extension: fastbert._C (C++ CPU kernels) and fastbert._C_cuda (CUDA kernels).
 
+Both register torch ops under torch.ops.fastbert_C (see fastbert/_build.py for the source layout).
+
 `pip install -e .` builds both ahead of time. If fastbert._C is missing at run time (a plain checkout
 on PYTHONPATH, say), fastbert says so once and builds it with ninja (torch.utils.cpp_extension.load);
 if that cannot be done either it says so once and the ops use their other implementations. Importing
@@ -52,7 +54,10 @@ def cpu():
 
 @functools.cache
 def cuda():
-    """The CUDA extension module, or None (it is only built where CUDA torch and nvcc exist)."""
+    """The CUDA extension module, or None (built only where CUDA torch and nvcc exist). It adds CUDA
+    kernels to ops whose schemas fastbert._C defines, so the CPU extension is loaded first."""
+    if cpu() is None:
+        return None
     try:
         return importlib.import_module("fastbert._C_cuda")
     except ImportError:
@@ -60,9 +65,12 @@ def cuda():
 
 
 def has(name: str) -> bool:
-    """Whether the CPU extension provides the function `name`."""
-    ext = cpu()
-    return ext is not None and hasattr(ext, name)
+    """Whether the extension registers the torch op fastbert_C::<name>."""
+    if cpu() is None:
+        return False
+    import torch
+
+    return hasattr(torch.ops.fastbert_C, name)
 
 
 def status() -> str:

@@ -15,12 +15,13 @@ op on the given tensors raises; only "auto" falls back.
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib.util
 import os
 import threading
 
 import torch
+
+from fastbert import _extension
 
 BACKENDS = ("auto", "reference", "triton", "cpu")
 
@@ -64,36 +65,33 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.cache
+_TRITON = importlib.util.find_spec("triton") is not None
+
+
 def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON
 
 
-def resolve(op: str, device: torch.device, implemented: tuple[str, ...]) -> str:
-    """The implementation of `op` to run on `device`.
+def resolve(op: str, device: torch.device, kernels: tuple[str, ...]) -> str:
+    """The implementation of `op` to run on `device`: "reference", "triton" or "cpu".
 
-    `implemented` lists the backends the op can run now: "reference" always, "triton" if it has Triton
-    kernels, "cpu" only if the compiled extension is loaded and provides the op.
+    `kernels` lists the backends the op has kernels for ("triton", "cpu"). A "cpu" kernel also needs
+    the compiled extension to provide `torch.ops.fastbert_C.<op>_forward`.
     """
     name = get_backend()
     if name == "reference":
         return "reference"
+    cpu_ok = lambda: "cpu" in kernels and _extension.has(f"{op}_forward")  # noqa: E731 - loads lazily
     if name == "auto":
-        if device.type == "cuda" and "triton" in implemented and triton_available():
+        if device.type == "cuda" and "triton" in kernels and triton_available():
             return "triton"
-        if device.type == "cpu" and "cpu" in implemented:
+        if device.type == "cpu" and cpu_ok():
             return "cpu"
         return "reference"
     # An explicit backend: run it or say why not.
-    if name not in implemented:
-        why = ""
-        if name == "cpu":
-            from fastbert import _extension
-
-            why = f"; the C++ extension is {_extension.status()}"
-        raise RuntimeError(f"fastbert op {op!r} has no {name!r} implementation here "
-                           f"(available: {implemented}){why}")
     if name == "triton":
+        if "triton" not in kernels:
+            raise RuntimeError(f"fastbert op {op!r} has no Triton kernel")
         if not triton_available():
             raise RuntimeError(f"fastbert op {op!r}: backend 'triton' needs the triton package")
         if device.type == "cpu" and not triton_interpreted():
@@ -103,6 +101,10 @@ def resolve(op: str, device: torch.device, implemented: tuple[str, ...]) -> str:
                 "'cpu' or 'auto'")
         if device.type not in ("cpu", "cuda"):
             raise RuntimeError(f"fastbert op {op!r}: backend 'triton' cannot run on {device}")
-    if name == "cpu" and device.type != "cpu":
-        raise RuntimeError(f"fastbert op {op!r}: backend 'cpu' got tensors on {device}")
+    if name == "cpu":
+        if device.type != "cpu":
+            raise RuntimeError(f"fastbert op {op!r}: backend 'cpu' got tensors on {device}")
+        if not cpu_ok():
+            raise RuntimeError(f"fastbert op {op!r} has no 'cpu' kernel here "
+                               f"(the C++ extension is {_extension.status()})")
     return name

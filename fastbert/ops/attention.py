@@ -6,9 +6,21 @@ Two input forms, flash-attention's layouts (no transposes after a fused QKV proj
   attention_varlen(q, k, v, cu_seqlens, max_seqlen)  q, k, v: [T, H, D], packed sequences
 Padded query rows (and whole rows with seqlen 0) output zeros. Softmax in fp32; output in q's dtype.
 Attention-probability dropout follows fastbert.ops.philox, so both forms draw the same mask.
+
+Kernel contract (Triton: fastbert.kernels.attention, CPU: torch.ops.fastbert_C); q, k, v may be strided
+views (e.g. slices of a fused [.., 3, H, D] projection) with unit stride on the head dimension:
+  attention_forward(q, k, v, seqlens int32 [B], scale, dropout_p, seed)
+      -> (out [B, S, H, D] contiguous, lse [B, H, S] fp32: log-sum-exp of the scaled scores per row)
+  attention_backward(grad_out, q, k, v, out, lse, seqlens, scale, dropout_p, seed) -> (dq, dk, dv)
+  attention_varlen_forward(q, k, v, cu_seqlens int32, max_seqlen, scale, dropout_p, seed)
+      -> (out [T, H, D] contiguous, lse [H, T] fp32)
+  attention_varlen_backward(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, dropout_p, seed)
+      -> (dq, dk, dv)
+Gradients come back contiguous in q's dtype. Padded query rows get zero output and zero gradients.
 """
 from __future__ import annotations
 
+import importlib
 import math
 
 import torch
@@ -16,7 +28,7 @@ import torch
 from fastbert import backend
 from fastbert.ops import _checks, padding, philox
 
-IMPLEMENTED = ("reference",)
+KERNELS = ()  # backends with kernels for this op: "triton", "cpu"
 
 
 def _check_qkv(op, q, k, v, dims):
@@ -41,10 +53,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens: torch.
     _checks.dropout_p(op, dropout_p)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     seed = philox.draw_seed(generator) if dropout_p > 0 else 0
-    impl = backend.resolve(op, q.device, IMPLEMENTED)
+    impl = backend.resolve(op, q.device, KERNELS)
     if impl == "reference":
         return attention_reference(q, k, v, seqlens, dropout_p, scale, seed)
-    raise AssertionError(impl)
+    return _forward(q, k, v, seqlens.to(torch.int32), scale, dropout_p, seed, impl)[0]
 
 
 def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
@@ -66,10 +78,10 @@ def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     _checks.dropout_p(op, dropout_p)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     seed = philox.draw_seed(generator) if dropout_p > 0 else 0
-    impl = backend.resolve(op, q.device, IMPLEMENTED)
+    impl = backend.resolve(op, q.device, KERNELS)
     if impl == "reference":
         return attention_varlen_reference(q, k, v, cu_seqlens, max_seqlen, dropout_p, scale, seed)
-    raise AssertionError(impl)
+    return _varlen_forward(q, k, v, cu_seqlens, max_seqlen, scale, dropout_p, seed, impl)[0]
 
 
 def attention_reference(q, k, v, seqlens, dropout_p=0.0, scale=None, seed=0):
@@ -96,3 +108,91 @@ def attention_varlen_reference(q, k, v, cu_seqlens, max_seqlen, dropout_p=0.0, s
     seqlens = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int32)
     out = attention_reference(qp, kp, vp, seqlens, dropout_p, scale, seed)
     return out.reshape(n * max_seqlen, *q.shape[1:]).index_select(0, idx)
+
+
+# -- the kernels as torch custom ops (torch.compile traces them; autograd calls the backward kernel) --
+
+def _kernels(impl: str):
+    return torch.ops.fastbert_C if impl == "cpu" else importlib.import_module("fastbert.kernels.attention")
+
+
+@torch.library.custom_op("fastbert::attention_forward", mutates_args=())
+def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens: torch.Tensor, scale: float,
+             dropout_p: float, seed: int, impl: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return tuple(_kernels(impl).attention_forward(q, k, v, seqlens, scale, dropout_p, seed))
+
+
+@_forward.register_fake
+def _(q, k, v, seqlens, scale, dropout_p, seed, impl):
+    B, S, H, _ = q.shape
+    return q.new_empty(q.shape), q.new_empty(B, H, S, dtype=torch.float32)
+
+
+@torch.library.custom_op("fastbert::attention_backward", mutates_args=())
+def _backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+              lse: torch.Tensor, seqlens: torch.Tensor, scale: float, dropout_p: float, seed: int,
+              impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return tuple(_kernels(impl).attention_backward(grad_out, q, k, v, out, lse, seqlens, scale, dropout_p, seed))
+
+
+@_backward.register_fake
+def _(grad_out, q, k, v, out, lse, seqlens, scale, dropout_p, seed, impl):
+    return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, seqlens, scale, dropout_p, seed, impl = inputs
+    ctx.save_for_backward(q, k, v, output[0], output[1], seqlens)
+    ctx.args = (scale, dropout_p, seed, impl)
+
+
+def _autograd_backward(ctx, grad_out, _grad_lse):
+    q, k, v, out, lse, seqlens = ctx.saved_tensors
+    dq, dk, dv = _backward(grad_out.contiguous(), q, k, v, out, lse, seqlens, *ctx.args)
+    return dq, dk, dv, None, None, None, None, None
+
+
+_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("fastbert::attention_varlen_forward", mutates_args=())
+def _varlen_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                    max_seqlen: int, scale: float, dropout_p: float, seed: int,
+                    impl: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return tuple(_kernels(impl).attention_varlen_forward(q, k, v, cu_seqlens, max_seqlen, scale, dropout_p, seed))
+
+
+@_varlen_forward.register_fake
+def _(q, k, v, cu_seqlens, max_seqlen, scale, dropout_p, seed, impl):
+    T, H, _ = q.shape
+    return q.new_empty(q.shape), q.new_empty(H, T, dtype=torch.float32)
+
+
+@torch.library.custom_op("fastbert::attention_varlen_backward", mutates_args=())
+def _varlen_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     out: torch.Tensor, lse: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                     scale: float, dropout_p: float, seed: int,
+                     impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return tuple(_kernels(impl).attention_varlen_backward(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen,
+                                                          scale, dropout_p, seed))
+
+
+@_varlen_backward.register_fake
+def _(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, dropout_p, seed, impl):
+    return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
+
+
+def _varlen_setup_context(ctx, inputs, output):
+    q, k, v, cu_seqlens, max_seqlen, scale, dropout_p, seed, impl = inputs
+    ctx.save_for_backward(q, k, v, output[0], output[1], cu_seqlens)
+    ctx.args = (max_seqlen, scale, dropout_p, seed, impl)
+
+
+def _varlen_autograd_backward(ctx, grad_out, _grad_lse):
+    q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
+    max_seqlen, *rest = ctx.args
+    dq, dk, dv = _varlen_backward(grad_out.contiguous(), q, k, v, out, lse, cu_seqlens, max_seqlen, *rest)
+    return dq, dk, dv, None, None, None, None, None, None
+
+
+_varlen_forward.register_autograd(_varlen_autograd_backward, setup_context=_varlen_setup_context)

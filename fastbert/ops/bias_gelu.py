@@ -1,5 +1,13 @@
-"""bias_gelu: GELU(x + bias), the feed-forward activation (exact erf as BERT uses, or tanh)."""
+"""bias_gelu: GELU(x + bias), the feed-forward activation (exact erf as BERT uses, or tanh).
+
+Kernel contract (Triton: fastbert.kernels.bias_gelu, CPU: torch.ops.fastbert_C), on 2-D views
+[rows, N], contiguous rows; `bias` may be an empty tensor (no bias):
+  bias_gelu_forward(x, bias, approximate) -> out [rows, N] x.dtype
+  bias_gelu_backward(grad_out, x, bias, approximate) -> (grad_x x.dtype, grad_bias fp32 [N] or empty)
+"""
 from __future__ import annotations
+
+import importlib
 
 import torch
 import torch.nn.functional as F
@@ -7,7 +15,7 @@ import torch.nn.functional as F
 from fastbert import backend
 from fastbert.ops import _checks
 
-IMPLEMENTED = ("reference",)
+KERNELS = ()  # backends with kernels for this op: "triton", "cpu"
 APPROXIMATIONS = ("none", "tanh")
 
 
@@ -19,13 +27,56 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None = None, approximate: st
         _checks.tensor(op, "bias", bias, device=x.device, shape=(x.shape[-1],))
     if approximate not in APPROXIMATIONS:
         raise ValueError(f"{op}: approximate must be one of {APPROXIMATIONS}, got {approximate!r}")
-    impl = backend.resolve(op, x.device, IMPLEMENTED)
+    impl = backend.resolve(op, x.device, KERNELS)
     if impl == "reference":
         return bias_gelu_reference(x, bias, approximate)
-    raise AssertionError(impl)
+    b = x.new_empty(0) if bias is None else bias.contiguous()
+    return _forward(x.reshape(-1, x.shape[-1]).contiguous(), b, approximate, impl).view(x.shape)
 
 
 def bias_gelu_reference(x, bias=None, approximate="none"):
     """Pure-PyTorch reference (fp32 math)."""
     h = x.float() if bias is None else x.float() + bias.float()
     return F.gelu(h, approximate=approximate).to(x.dtype)
+
+
+# -- the kernels as torch custom ops (torch.compile traces them; autograd calls the backward kernel) --
+
+def _kernels(impl: str):
+    return torch.ops.fastbert_C if impl == "cpu" else importlib.import_module("fastbert.kernels.bias_gelu")
+
+
+@torch.library.custom_op("fastbert::bias_gelu_forward", mutates_args=())
+def _forward(x: torch.Tensor, bias: torch.Tensor, approximate: str, impl: str) -> torch.Tensor:
+    return _kernels(impl).bias_gelu_forward(x, bias, approximate)
+
+
+@_forward.register_fake
+def _(x, bias, approximate, impl):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("fastbert::bias_gelu_backward", mutates_args=())
+def _backward(grad_out: torch.Tensor, x: torch.Tensor, bias: torch.Tensor, approximate: str,
+              impl: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return tuple(_kernels(impl).bias_gelu_backward(grad_out, x, bias, approximate))
+
+
+@_backward.register_fake
+def _(grad_out, x, bias, approximate, impl):
+    return torch.empty_like(x), x.new_empty(bias.shape[0] if bias.numel() else 0, dtype=torch.float32)
+
+
+def _setup_context(ctx, inputs, output):
+    x, bias, approximate, impl = inputs
+    ctx.save_for_backward(x, bias)
+    ctx.args = (approximate, impl)
+
+
+def _autograd_backward(ctx, grad_out):
+    x, bias = ctx.saved_tensors
+    gx, gb = _backward(grad_out.contiguous(), x, bias, *ctx.args)
+    return gx, gb.to(bias.dtype) if bias.numel() else None, None, None
+
+
+_forward.register_autograd(_autograd_backward, setup_context=_setup_context)

@@ -2,8 +2,22 @@
 
 Statistics and arithmetic in fp32 whatever the storage dtype; the output has x's dtype. Dropout masks
 follow fastbert.ops.philox (row-wise site over the [rows, hidden] view) on every backend.
+
+Kernel contract (Triton: fastbert.kernels.layer_norm, CPU: torch.ops.fastbert_C), on 2-D views
+[rows, N], contiguous rows:
+  layer_norm_forward(x, weight, bias, residual?, input_bias?, eps, dropout_p, seed)
+      -> (out [rows, N] x.dtype, h, mean [rows] fp32, rstd [rows] fp32)
+     h is the pre-norm sum dropout(x + input_bias) + residual in x's dtype, or an empty tensor when
+     there is no residual, input_bias or dropout (then h is x, which autograd keeps anyway).
+  layer_norm_backward(grad_out, h, weight, mean, rstd, dropout_p, seed, has_input_bias)
+      -> (grad_h, grad_x, grad_weight fp32 [N], grad_bias fp32 [N], grad_input_bias fp32 [N])
+     grad_h (the residual's gradient) in h's dtype; grad_x = dropout-masked grad_h, an empty tensor
+     when dropout_p == 0 (it would equal grad_h); grad_input_bias (column sums of grad_x) an empty
+     tensor without input_bias. (Outputs of a custom op may not alias each other, hence the empties.)
 """
 from __future__ import annotations
+
+import importlib
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +25,7 @@ import torch.nn.functional as F
 from fastbert import backend
 from fastbert.ops import _checks, philox
 
-IMPLEMENTED = ("reference",)
+KERNELS = ()  # backends with kernels for this op: "triton", "cpu"
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-12, *,
@@ -31,10 +45,13 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
         _checks.tensor(op, "residual", residual, device=x.device, shape=tuple(x.shape))
     _checks.dropout_p(op, dropout_p)
     seed = philox.draw_seed(generator) if dropout_p > 0 else 0
-    impl = backend.resolve(op, x.device, IMPLEMENTED)
+    impl = backend.resolve(op, x.device, KERNELS)
     if impl == "reference":
         return layer_norm_reference(x, weight, bias, eps, residual, input_bias, dropout_p, seed)
-    raise AssertionError(impl)
+    rows = lambda t: None if t is None else t.reshape(-1, n).contiguous()  # noqa: E731
+    out = _forward(rows(x), weight.contiguous(), bias.contiguous(), rows(residual),
+                   None if input_bias is None else input_bias.contiguous(), eps, dropout_p, seed, impl)[0]
+    return out.view(x.shape)
 
 
 def layer_norm_reference(x, weight, bias, eps, residual=None, input_bias=None, dropout_p=0.0, seed=0):
@@ -48,3 +65,61 @@ def layer_norm_reference(x, weight, bias, eps, residual=None, input_bias=None, d
     if residual is not None:
         h = h + residual.float()
     return F.layer_norm(h, h.shape[-1:], weight.float(), bias.float(), eps).to(x.dtype)
+
+
+# -- the kernels as torch custom ops (torch.compile traces them; autograd calls the backward kernel) --
+
+def _kernels(impl: str):
+    return torch.ops.fastbert_C if impl == "cpu" else importlib.import_module("fastbert.kernels.layer_norm")
+
+
+@torch.library.custom_op("fastbert::layer_norm_forward", mutates_args=())
+def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None,
+             input_bias: torch.Tensor | None, eps: float, dropout_p: float, seed: int,
+             impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return tuple(_kernels(impl).layer_norm_forward(x, weight, bias, residual, input_bias, eps, dropout_p, seed))
+
+
+@_forward.register_fake
+def _(x, weight, bias, residual, input_bias, eps, dropout_p, seed, impl):
+    keep_h = residual is not None or input_bias is not None or dropout_p > 0
+    stats = x.new_empty(x.shape[0], dtype=torch.float32)
+    return torch.empty_like(x), torch.empty_like(x) if keep_h else x.new_empty(0), stats, torch.empty_like(stats)
+
+
+@torch.library.custom_op("fastbert::layer_norm_backward", mutates_args=())
+def _backward(grad_out: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,
+              rstd: torch.Tensor, dropout_p: float, seed: int, has_input_bias: bool, impl: str
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return tuple(_kernels(impl).layer_norm_backward(grad_out, h, weight, mean, rstd, dropout_p, seed,
+                                                    has_input_bias))
+
+
+@_backward.register_fake
+def _(grad_out, h, weight, mean, rstd, dropout_p, seed, has_input_bias, impl):
+    param = lambda: weight.new_empty(weight.shape[0], dtype=torch.float32)  # noqa: E731
+    return (torch.empty_like(h), torch.empty_like(h) if dropout_p > 0 else h.new_empty(0), param(), param(),
+            param() if has_input_bias else h.new_empty(0))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, residual, input_bias, eps, dropout_p, seed, impl = inputs
+    _, h, mean, rstd = output
+    ctx.save_for_backward(h if h.numel() else x, weight, mean, rstd)
+    ctx.args = (dropout_p, seed, input_bias is not None, impl)
+    ctx.dtypes = (x.dtype, None if residual is None else residual.dtype, weight.dtype, bias.dtype,
+                  None if input_bias is None else input_bias.dtype)
+
+
+def _autograd_backward(ctx, grad_out, _grad_h, _grad_mean, _grad_rstd):
+    h, weight, mean, rstd = ctx.saved_tensors
+    dropout_p, seed, has_input_bias, impl = ctx.args
+    gh, gx, gw, gb, gib = _backward(grad_out.contiguous(), h, weight, mean, rstd, dropout_p, seed,
+                                    has_input_bias, impl)
+    x_dtype, r_dtype, w_dtype, b_dtype, ib_dtype = ctx.dtypes
+    gx = (gx if dropout_p > 0 else gh).to(x_dtype)
+    return (gx, gw.to(w_dtype), gb.to(b_dtype), None if r_dtype is None else gh.to(r_dtype),
+            None if ib_dtype is None else gib.to(ib_dtype), None, None, None, None)
+
+
+_forward.register_autograd(_autograd_backward, setup_context=_setup_context)

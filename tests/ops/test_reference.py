@@ -111,9 +111,9 @@ def test_backend_selection_errors(monkeypatch):
         ops.layer_norm(x, w, b)  # auto always finds something
     module = importlib.import_module("fastbert.ops.layer_norm")  # the attribute is the function
     monkeypatch.setattr("fastbert.backend.triton_interpreted", lambda: False)
-    monkeypatch.setattr(module, "IMPLEMENTED", ("reference", "triton"))
+    monkeypatch.setattr(module, "KERNELS", ("triton",))
     with use_backend("triton"), pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         ops.layer_norm(x, w, b)
-    monkeypatch.setattr(module, "IMPLEMENTED", ("reference",))
-    with use_backend("cpu"), pytest.raises(RuntimeError, match="has no 'cpu' implementation"):
+    monkeypatch.setattr(module, "KERNELS", ())
+    with use_backend("cpu"), pytest.raises(RuntimeError, match="has no 'cpu' kernel"):
         ops.layer_norm(x, w, b)
