@@ -232,9 +232,9 @@ def _attn_bwd_dq(Q, K, V, DO, Lse, Delta, DQ, SeqInfo, seed,
 
 def _configs(head_dim: int, dtype: torch.dtype, dropout: bool) -> dict:
     """{kernel: (BLOCK_M, BLOCK_N, num_warps, num_stages)}, sized so that nothing spills registers on
-    sm_80/sm_90: fp32 operands take twice the registers, the dropout bits need room, head dim 128 gets
-    8 warps."""
-    warps = 8 if head_dim == 128 else 4
+    sm_80/sm_90: fp32 operands take twice the registers, the dropout bits need room, and rows of 256
+    bytes or more (fp16 D=128, fp32 D>=64) get 8 warps."""
+    warps = 8 if head_dim * dtype.itemsize >= 256 else 4
     if dtype == torch.float32:
         fwd, dkdv, dq = (64, 32), (32, 32), (32, 32)
     elif head_dim == 128:
