@@ -235,8 +235,8 @@ def _configs(head_dim: int, dtype: torch.dtype, dropout: bool) -> dict:
     sm_80/sm_90: fp32 operands take twice the registers, the dropout bits need room, and rows of 256
     bytes or more (fp16 D=128, fp32 D>=64) get 8 warps."""
     warps = 8 if head_dim * dtype.itemsize >= 256 else 4
-    if dtype == torch.float32:
-        fwd, dkdv, dq = (64, 32), (32, 32), (32, 32)
+    if dtype == torch.float32:  # fp32 dots run on FMA units: operand rows are replicated per thread
+        fwd, dkdv, dq = (64, 16 if head_dim == 128 else 32), (32, 32), (32, 32)
     elif head_dim == 128:
         fwd, dkdv, dq = (128, 32), (32, 64), (64, 32)
     else:
