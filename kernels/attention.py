@@ -16,14 +16,12 @@ mode, fast training runs in fp16/bf16.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
 HEAD_DIMS = (32, 64, 128)
-LOG2E = 1.4426950408889634
+LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)  # log2(e): exp(x) = exp2(x * LOG2E)
 
 
 @triton.jit
@@ -97,7 +95,7 @@ def _attn_fwd(Q, K, V, Out, Lse, SeqInfo, seed,
 
     l_safe = tl.where(valid_m, l_i, 1.0)
     out = tl.where(valid_m[:, None], acc * (drop_scale / l_safe)[:, None], 0.0)
-    lse = tl.where(valid_m, (m_i + tl.math.log2(l_safe)) / 1.4426950408889634, 0.0)  # natural log
+    lse = tl.where(valid_m, (m_i + tl.math.log2(l_safe)) / LOG2E, 0.0)  # natural log
     row_ok = offs_m < rows
     o_ptrs = Out + b64 * stride_ob + start64 * stride_os + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :]
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
@@ -160,7 +158,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, Lse, Delta, DK, DV, SeqInfo, seed,
         valid_m = m0 + offs_m < seqlen
         q = tl.load(q_ptrs + m0 * stride_qs, mask=valid_m[:, None], other=0.0)
         do = tl.load(do_ptrs + m0 * stride_ds, mask=valid_m[:, None], other=0.0)
-        lse2 = tl.load(lse_ptrs + m0, mask=valid_m, other=0.0) * 1.4426950408889634
+        lse2 = tl.load(lse_ptrs + m0, mask=valid_m, other=0.0) * LOG2E
         delta = tl.load(delta_ptrs + m0, mask=valid_m, other=0.0)
         pT = tl.math.exp2(tl.dot(k, tl.trans(q), input_precision="ieee") * qk_scale - lse2[None, :])
         pT = tl.where(valid_n[:, None] & valid_m[None, :], pT, 0.0)
@@ -203,7 +201,7 @@ def _attn_bwd_dq(Q, K, V, DO, Lse, Delta, DQ, SeqInfo, seed,
                 + offs_m[:, None] * stride_qs + offs_d[None, :], mask=valid_m[:, None], other=0.0)
     do = tl.load(DO + b64 * stride_db + start64 * stride_ds + h * stride_dh
                  + offs_m[:, None] * stride_ds + offs_d[None, :], mask=valid_m[:, None], other=0.0)
-    lse2 = tl.load(Lse + b64 * stride_lb + h * stride_lh + start64 + offs_m, mask=valid_m, other=0.0) * 1.4426950408889634
+    lse2 = tl.load(Lse + b64 * stride_lb + h * stride_lh + start64 + offs_m, mask=valid_m, other=0.0) * LOG2E
     delta = tl.load(Delta + b64 * stride_lb + h * stride_lh + start64 + offs_m, mask=valid_m, other=0.0)
     k_ptrs = K + b64 * stride_kb + start64 * stride_ks + h * stride_kh + offs_n[:, None] * stride_ks + offs_d[None, :]
     v_ptrs = V + b64 * stride_vb + start64 * stride_vs + h * stride_vh + offs_n[:, None] * stride_vs + offs_d[None, :]
@@ -270,7 +268,7 @@ def _forward(q, k, v, seq_info, num_seqs, max_seqlen, scale, dropout_p, seed, va
     _attn_fwd[(triton.cdiv(max_seqlen, BLOCK_M), H, num_seqs)](
         q, k, v, out, lse, seq_info.contiguous(), seed,
         *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(out, varlen),
-        *_lse_strides(lse, varlen), max_seqlen, int(varlen), H, scale * LOG2E, *_dropout_args(dropout_p),
+        *_lse_strides(lse, varlen), max_seqlen, int(varlen), H, scale * LOG2E.value, *_dropout_args(dropout_p),
         DROPOUT=dropout_p > 0, HEAD_DIM=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=num_warps,
         num_stages=num_stages)
     return out, lse
@@ -289,7 +287,7 @@ def _backward(grad_out, q, k, v, out, lse, seq_info, num_seqs, max_seqlen, scale
         *_lse_strides(lse, varlen), max_seqlen, int(varlen),
         HEAD_DIM=D, BLOCK_M=BLOCK, num_warps=num_warps, num_stages=num_stages)
     args = (*_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(grad_out, varlen),
-            *_strides(dq, varlen), *_lse_strides(lse, varlen), max_seqlen, int(varlen), H, scale * LOG2E, scale,
+            *_strides(dq, varlen), *_lse_strides(lse, varlen), max_seqlen, int(varlen), H, scale * LOG2E.value, scale,
             *_dropout_args(dropout_p))
     BLOCK_M, BLOCK_N, num_warps, num_stages = cfg["dkdv"]
     _attn_bwd_dkdv[(triton.cdiv(max_seqlen, BLOCK_N), H, num_seqs)](

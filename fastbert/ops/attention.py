@@ -17,6 +17,8 @@ views (e.g. slices of a fused [.., 3, H, D] projection) with unit stride on the 
   attention_varlen_backward(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, dropout_p, seed)
       -> (dq, dk, dv)
 Gradients come back contiguous in q's dtype. Padded query rows get zero output and zero gradients.
+The Triton kernels cover head dims 32, 64 and 128: backend "triton" raises for others, "auto" runs the
+reference for them.
 """
 from __future__ import annotations
 

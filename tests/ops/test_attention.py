@@ -1,9 +1,10 @@
 """The Triton attention kernels against the reference op: output and dq, dk, dv, padded and packed.
 
 On CPU the kernels run in the Triton interpreter (Python per program), so shapes stay small; on a CUDA
-machine with TRITON_INTERPRET=0 the same tests run the compiled kernels (and bf16). Errors are max |a - b| / max |b| against
-the reference in fp32 on the same (rounded) inputs: fp16/bf16 tolerances are a few units of their
-rounding error, which is what PyTorch's own fp16 attention shows against fp32 (~2e-4 .. 9e-4 here).
+machine with TRITON_INTERPRET=0 the same tests run the compiled kernels (and bf16). Errors are
+max |a - b| / max |b| against the reference op on the same (rounded) inputs, which computes in fp32:
+fp16/bf16 tolerances are a few units of their rounding error, the size of PyTorch's own fp16 attention
+error against fp32 (2e-4 .. 9e-4 at these shapes; the kernels measure the same).
 """
 import pytest
 import torch
@@ -66,7 +67,7 @@ PADDED_CASES = [
 def test_padded_matches_reference(dtype_tol, head_dim, lens, heads):
     dtype, tol = dtype_tol
     q, k, v, grad, seqlens = _inputs(lens, heads, head_dim)
-    expected = _run("reference", ops.attention, q.to(dtype), k.to(dtype), v.to(dtype), grad, seqlens)
+    expected = _run("reference", ops.attention, *(t.to(dtype) for t in (q, k, v, grad)), seqlens)
     actual = _run("triton", ops.attention, q, k, v, grad, seqlens, dtype=dtype)
     _assert_close(actual, expected, tol)
     padded = torch.arange(max(lens), device=DEVICE)[None, :] >= seqlens[:, None]
@@ -83,7 +84,7 @@ def test_varlen_matches_reference_and_padded(dtype_tol, dropout_p):
     cu = padding.seqlens_to_cu(seqlens)
     packed = [t[valid] for t in (q, k, v, grad)]
     args = (cu, max(lens))
-    expected = _run("reference", ops.attention_varlen, *(t.to(dtype) for t in packed[:3]), packed[3], *args,
+    expected = _run("reference", ops.attention_varlen, *(t.to(dtype) for t in packed), *args,
                     dropout_p=dropout_p, seed=3)
     actual = _run("triton", ops.attention_varlen, *packed, *args, dtype=dtype, dropout_p=dropout_p, seed=3)
     _assert_close(actual, expected, tol)
@@ -137,7 +138,7 @@ def test_strided_slices_of_fused_qkv(packed):
 
 def test_near_max_length():
     q, k, v, grad, seqlens = _inputs((509,), 1, 64)
-    expected = _run("reference", ops.attention, q.half(), k.half(), v.half(), grad, seqlens)
+    expected = _run("reference", ops.attention, *(t.half() for t in (q, k, v, grad)), seqlens)
     actual = _run("triton", ops.attention, q, k, v, grad, seqlens, dtype=torch.float16)
     _assert_close(actual, expected, 2e-3)
 
