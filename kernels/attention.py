@@ -47,9 +47,21 @@ def _seq_bounds(SeqInfo, b, max_seqlen, varlen):
         rows = seqlen
     else:
         start = 0
-        seqlen = tl.load(SeqInfo + b)
+        seqlen = tl.minimum(tl.load(SeqInfo + b), max_seqlen)  # CUDA seqlens go unchecked: stay in bounds
         rows = max_seqlen  # padded rows are written too (zeros)
     return start, seqlen, rows
+
+
+@triton.jit
+def _rows(X, b, start, h, offs, stride_b, stride_s, stride_h, HEAD_DIM: tl.constexpr):
+    """Pointers [len(offs), HEAD_DIM] to rows `offs` of head h of sequence b (whose first row is `start`).
+
+    The launcher guarantees 16-byte-aligned data and strides divisible by 16: the hints let every
+    row load and store vectorise, whatever the arguments a compile was specialised for.
+    """
+    first = tl.multiple_of(X + (b * stride_b + start * stride_s + h * stride_h), 16)  # hints go on results,
+    rows = tl.multiple_of(offs[:, None] * stride_s, [16, 16])  # not on arguments
+    return first + rows + tl.arange(0, HEAD_DIM)[None, :]
 
 
 @triton.jit(do_not_specialize=["varlen"])
@@ -66,12 +78,11 @@ def _attn_fwd(Q, K, V, Out, Lse, SeqInfo, seed,
     b64, start64 = b.to(tl.int64), start.to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
     valid_m = offs_m < seqlen
-    q_ptrs = Q + b64 * stride_qb + start64 * stride_qs + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :]
-    k_ptrs = K + b64 * stride_kb + start64 * stride_ks + h * stride_kh + offs_n[:, None] * stride_ks + offs_d[None, :]
-    v_ptrs = V + b64 * stride_vb + start64 * stride_vs + h * stride_vh + offs_n[:, None] * stride_vs + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=valid_m[:, None], other=0.0)
+    q = tl.load(_rows(Q, b64, start64, h, offs_m, stride_qb, stride_qs, stride_qh, HEAD_DIM),
+                mask=valid_m[:, None], other=0.0)
+    k_ptrs = _rows(K, b64, start64, h, offs_n, stride_kb, stride_ks, stride_kh, HEAD_DIM)
+    v_ptrs = _rows(V, b64, start64, h, offs_n, stride_vb, stride_vs, stride_vh, HEAD_DIM)
 
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
@@ -97,8 +108,8 @@ def _attn_fwd(Q, K, V, Out, Lse, SeqInfo, seed,
     out = tl.where(valid_m[:, None], acc * (drop_scale / l_safe)[:, None], 0.0)
     lse = tl.where(valid_m, (m_i + tl.math.log2(l_safe)) / LOG2E, 0.0)  # natural log
     row_ok = offs_m < rows
-    o_ptrs = Out + b64 * stride_ob + start64 * stride_os + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :]
-    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(_rows(Out, b64, start64, h, offs_m, stride_ob, stride_os, stride_oh, HEAD_DIM),
+             out.to(Out.dtype.element_ty), mask=row_ok[:, None])
     tl.store(Lse + b64 * stride_lb + h * stride_lh + start64 + offs_m, lse, mask=row_ok)
 
 
@@ -114,12 +125,9 @@ def _attn_bwd_preprocess(Out, DO, Delta, SeqInfo,
         return
     b64, start64 = b.to(tl.int64), start.to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
     valid = (offs_m < seqlen)[:, None]
-    o = tl.load(Out + b64 * stride_ob + start64 * stride_os + h * stride_oh
-                + offs_m[:, None] * stride_os + offs_d[None, :], mask=valid, other=0.0)
-    do = tl.load(DO + b64 * stride_db + start64 * stride_ds + h * stride_dh
-                 + offs_m[:, None] * stride_ds + offs_d[None, :], mask=valid, other=0.0)
+    o = tl.load(_rows(Out, b64, start64, h, offs_m, stride_ob, stride_os, stride_oh, HEAD_DIM), mask=valid, other=0.0)
+    do = tl.load(_rows(DO, b64, start64, h, offs_m, stride_db, stride_ds, stride_dh, HEAD_DIM), mask=valid, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(Delta + b64 * stride_lb + h * stride_lh + start64 + offs_m, delta, mask=offs_m < rows)
 
@@ -140,14 +148,13 @@ def _attn_bwd_dkdv(Q, K, V, DO, Lse, Delta, DK, DV, SeqInfo, seed,
     b64, start64 = b.to(tl.int64), start.to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
     valid_n = offs_n < seqlen
-    k = tl.load(K + b64 * stride_kb + start64 * stride_ks + h * stride_kh
-                + offs_n[:, None] * stride_ks + offs_d[None, :], mask=valid_n[:, None], other=0.0)
-    v = tl.load(V + b64 * stride_vb + start64 * stride_vs + h * stride_vh
-                + offs_n[:, None] * stride_vs + offs_d[None, :], mask=valid_n[:, None], other=0.0)
-    q_ptrs = Q + b64 * stride_qb + start64 * stride_qs + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :]
-    do_ptrs = DO + b64 * stride_db + start64 * stride_ds + h * stride_dh + offs_m[:, None] * stride_ds + offs_d[None, :]
+    k = tl.load(_rows(K, b64, start64, h, offs_n, stride_kb, stride_ks, stride_kh, HEAD_DIM),
+                mask=valid_n[:, None], other=0.0)
+    v = tl.load(_rows(V, b64, start64, h, offs_n, stride_vb, stride_vs, stride_vh, HEAD_DIM),
+                mask=valid_n[:, None], other=0.0)
+    q_ptrs = _rows(Q, b64, start64, h, offs_m, stride_qb, stride_qs, stride_qh, HEAD_DIM)
+    do_ptrs = _rows(DO, b64, start64, h, offs_m, stride_db, stride_ds, stride_dh, HEAD_DIM)
     lse_ptrs = Lse + b64 * stride_lb + h * stride_lh + start64 + offs_m
     delta_ptrs = Delta + b64 * stride_lb + h * stride_lh + start64 + offs_m
 
@@ -174,9 +181,10 @@ def _attn_bwd_dkdv(Q, K, V, DO, Lse, Delta, DK, DV, SeqInfo, seed,
         dk += tl.dot(dsT.to(q.dtype), q, input_precision="ieee")
 
     row_ok = (offs_n < rows)[:, None]
-    g_off = b64 * stride_gb + start64 * stride_gs + h * stride_gh + offs_n[:, None] * stride_gs + offs_d[None, :]
-    tl.store(DK + g_off, (dk * scale).to(DK.dtype.element_ty), mask=row_ok)
-    tl.store(DV + g_off, dv.to(DV.dtype.element_ty), mask=row_ok)
+    tl.store(_rows(DK, b64, start64, h, offs_n, stride_gb, stride_gs, stride_gh, HEAD_DIM),
+             (dk * scale).to(DK.dtype.element_ty), mask=row_ok)
+    tl.store(_rows(DV, b64, start64, h, offs_n, stride_gb, stride_gs, stride_gh, HEAD_DIM),
+             dv.to(DV.dtype.element_ty), mask=row_ok)
 
 
 @triton.jit(do_not_specialize=["varlen"])
@@ -195,16 +203,15 @@ def _attn_bwd_dq(Q, K, V, DO, Lse, Delta, DQ, SeqInfo, seed,
     b64, start64 = b.to(tl.int64), start.to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
     valid_m = offs_m < seqlen
-    q = tl.load(Q + b64 * stride_qb + start64 * stride_qs + h * stride_qh
-                + offs_m[:, None] * stride_qs + offs_d[None, :], mask=valid_m[:, None], other=0.0)
-    do = tl.load(DO + b64 * stride_db + start64 * stride_ds + h * stride_dh
-                 + offs_m[:, None] * stride_ds + offs_d[None, :], mask=valid_m[:, None], other=0.0)
+    q = tl.load(_rows(Q, b64, start64, h, offs_m, stride_qb, stride_qs, stride_qh, HEAD_DIM),
+                mask=valid_m[:, None], other=0.0)
+    do = tl.load(_rows(DO, b64, start64, h, offs_m, stride_db, stride_ds, stride_dh, HEAD_DIM),
+                 mask=valid_m[:, None], other=0.0)
     lse2 = tl.load(Lse + b64 * stride_lb + h * stride_lh + start64 + offs_m, mask=valid_m, other=0.0) * LOG2E
     delta = tl.load(Delta + b64 * stride_lb + h * stride_lh + start64 + offs_m, mask=valid_m, other=0.0)
-    k_ptrs = K + b64 * stride_kb + start64 * stride_ks + h * stride_kh + offs_n[:, None] * stride_ks + offs_d[None, :]
-    v_ptrs = V + b64 * stride_vb + start64 * stride_vs + h * stride_vh + offs_n[:, None] * stride_vs + offs_d[None, :]
+    k_ptrs = _rows(K, b64, start64, h, offs_n, stride_kb, stride_ks, stride_kh, HEAD_DIM)
+    v_ptrs = _rows(V, b64, start64, h, offs_n, stride_vb, stride_vs, stride_vh, HEAD_DIM)
 
     dq = tl.zeros((BLOCK_M, HEAD_DIM), tl.float32)
     n_end = tl.where(pid_m * BLOCK_M < seqlen, seqlen, 0)
@@ -222,7 +229,7 @@ def _attn_bwd_dq(Q, K, V, DO, Lse, Delta, DQ, SeqInfo, seed,
         dq += tl.dot(ds.to(k.dtype), k, input_precision="ieee")
 
     dq = tl.where(valid_m[:, None], dq * scale, 0.0)
-    tl.store(DQ + b64 * stride_gb + start64 * stride_gs + h * stride_gh + offs_m[:, None] * stride_gs + offs_d[None, :],
+    tl.store(_rows(DQ, b64, start64, h, offs_m, stride_gb, stride_gs, stride_gh, HEAD_DIM),
              dq.to(DQ.dtype.element_ty), mask=(offs_m < rows)[:, None])
 
 
@@ -250,7 +257,15 @@ def _check(op: str, *ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
     if ts[0].shape[-1] not in HEAD_DIMS:
         raise ValueError(f"{op}: the Triton kernel supports head dims {HEAD_DIMS}, got head dim {ts[0].shape[-1]} "
                          "(backends 'reference' and 'auto' run any head dim)")
-    return tuple(t if t.stride(-1) == 1 else t.contiguous() for t in ts)  # strided views are fine, but D unit-stride
+    return tuple(map(_aligned, ts))
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """t itself when the kernels' layout hints hold (unit-stride head dim, 16-byte-aligned data, other
+    strides divisible by 16, as in any view of a [.., 3, H, D] projection), else a contiguous copy."""
+    ok = t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(
+        s % 16 == 0 for s, n in zip(t.stride()[:-1], t.shape[:-1]) if n > 1)
+    return t if ok else t.clone(memory_format=torch.contiguous_format)
 
 
 def _strides(t: torch.Tensor, varlen: bool) -> tuple[int, int, int]:
