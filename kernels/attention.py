@@ -2,7 +2,7 @@
 
 Forward: one program per (query block, head, sequence) streams the key/value blocks of its sequence
 with an online softmax in fp32 (base 2: scores are pre-multiplied by scale * log2(e)) and saves the
-log-sum-exp of every row. The probability matrix is never stored.
+log-sum-exp of every row (0 at padded rows). The probability matrix is never stored.
 Backward: a preprocess kernel computes delta_i = rowsum(dO_i * O_i); then one kernel per key block
 accumulates dK, dV over the query blocks and one kernel per query block accumulates dQ over the key
 blocks (no atomics: deterministic). Both recompute P from Q, K and the saved log-sum-exp.
@@ -263,8 +263,7 @@ def _check(op: str, *ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
 def _aligned(t: torch.Tensor) -> torch.Tensor:
     """t itself when the kernels' layout hints hold (unit-stride head dim, 16-byte-aligned data, other
     strides divisible by 16, as in any view of a [.., 3, H, D] projection), else a contiguous copy."""
-    ok = t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(
-        s % 16 == 0 for s, n in zip(t.stride()[:-1], t.shape[:-1]) if n > 1)
+    ok = t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(s % 16 == 0 for s in t.stride()[:-1])
     return t if ok else t.clone(memory_format=torch.contiguous_format)
 
 

@@ -136,6 +136,18 @@ def test_strided_slices_of_fused_qkv(packed):
     torch.testing.assert_close(results[1][1], results[0][1], atol=1e-5, rtol=1e-5)
 
 
+def test_unaligned_and_strided_head_dim_views():
+    """Views the kernels cannot address with vectorised rows (misaligned data, odd strides, a strided head
+    dim) are copied by the launcher, not misread."""
+    *_, grad, seqlens = _inputs((9, 3), 1, 32)
+    wide = torch.randn(2, 9, 1, 66, device=DEVICE)
+    odd = (wide[..., 1:33], wide[..., 33:65], wide[..., ::2][..., 1:33])  # 4-byte offsets, stride 66, stride 2
+    assert odd[0].data_ptr() % 16 and odd[2].stride(-1) == 2
+    expected = _run("reference", ops.attention, *odd, grad, seqlens)
+    actual = _run("triton", ops.attention, *odd, grad, seqlens)
+    _assert_close(actual, expected, 1e-5)
+
+
 def test_near_max_length():
     q, k, v, grad, seqlens = _inputs((509,), 1, 64)
     expected = _run("reference", ops.attention, *(t.half() for t in (q, k, v, grad)), seqlens)
