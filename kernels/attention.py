@@ -355,8 +355,9 @@ _TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
 def aot_specs() -> list[dict]:
-    """Every (kernel, dtype, head dim, dropout) configuration with the launchers' block sizes. "attrs"
-    marks the arguments a typical launch sees 16-divisible (pointers; q/k/v/out strides, multiples of D)."""
+    """Every (kernel, dtype, head dim, dropout) configuration with the launchers' block sizes (packed and
+    padded inputs share each compile: `varlen` is a runtime argument). "attrs" (optional) marks what a
+    launch sees 16-divisible, pointers and q/k/v/out strides; the kernels carry those hints themselves."""
     specs = []
     for dtype, ty in _TYPES.items():
         for head_dim in HEAD_DIMS:
