@@ -278,6 +278,8 @@ def _forward(q, k, v, seq_info, num_seqs, max_seqlen, scale, dropout_p, seed, va
     lse = q.new_empty((H, q.shape[0]) if varlen else (q.shape[0], H, q.shape[1]), dtype=torch.float32)
     if out.numel() == 0:
         return out, lse
+    if num_seqs > 65535:
+        raise ValueError(f"attention: {num_seqs} sequences in one call; the kernels' grid takes at most 65535")
     BLOCK_M, BLOCK_N, num_warps, num_stages = _configs(D, q.dtype, dropout_p > 0)["fwd"]
     _attn_fwd[(triton.cdiv(max_seqlen, BLOCK_M), H, num_seqs)](
         q, k, v, out, lse, seq_info.contiguous(), seed,

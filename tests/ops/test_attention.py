@@ -15,6 +15,7 @@ from fastbert.ops.attention import attention_reference
 from tests.conftest import max_rel_err
 
 pytest.importorskip("triton")
+from fastbert.kernels import attention as kernels  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FP32 = (torch.float32, 1e-5)
@@ -33,11 +34,11 @@ def _inputs(lens, heads, head_dim, seed=0):
     return q, k, v, grad, torch.tensor(lens, dtype=torch.int32, device=DEVICE)
 
 
-def _run(backend, fn, q, k, v, grad, *args, dtype=torch.float32, dropout_p=0.0, seed=0):
-    """fn(q, k, v, *args) under `backend` in `dtype`: (out, dq, dk, dv), the seed drawn after torch.manual_seed."""
+def _run(impl, fn, q, k, v, grad, *args, dtype=torch.float32, dropout_p=0.0, seed=0):
+    """fn(q, k, v, *args) on backend `impl` in `dtype`: (out, dq, dk, dv), the seed drawn after torch.manual_seed."""
     q, k, v = (t.to(dtype).detach().requires_grad_() for t in (q, k, v))
     torch.manual_seed(seed)
-    with use_backend(backend):
+    with use_backend(impl):
         out = fn(q, k, v, *args, dropout_p=dropout_p)
     out.backward(grad.to(dtype))
     return [t.detach() for t in (out, q.grad, k.grad, v.grad)]
@@ -124,11 +125,11 @@ def test_strided_slices_of_fused_qkv(packed):
     else:
         fn, args = ops.attention, (seqlens,)
     results = []
-    for backend in ("reference", "triton"):
+    for impl in ("reference", "triton"):
         x = qkv.clone().requires_grad_()
         q, k, v = x.unbind(-3)
-        assert not q.is_contiguous()
-        with use_backend(backend):
+        assert not q.is_contiguous() and all(kernels._aligned(t) is t for t in (q, k, v))  # used in place
+        with use_backend(impl):
             out = fn(q, k, v, *args)
         out.backward(grad)
         results.append((out.detach(), x.grad))
