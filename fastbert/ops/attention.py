@@ -17,6 +17,8 @@ views (e.g. slices of a fused [.., 3, H, D] projection) with unit stride on the 
   attention_varlen_backward(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, dropout_p, seed)
       -> (dq, dk, dv)
 Gradients come back contiguous in q's dtype. Padded query rows get zero output and zero gradients.
+The Triton kernels cover head dims 32, 64 and 128: backend "triton" raises for others, "auto" runs the
+reference for them.
 """
 from __future__ import annotations
 
@@ -28,7 +30,15 @@ import torch
 from fastbert import backend
 from fastbert.ops import _checks, padding, philox
 
-KERNELS = ()  # backends with kernels for this op: "triton", "cpu"
+KERNELS = ("triton",)  # backends with kernels for this op: "triton", "cpu"
+
+
+def _resolve(op, q):
+    """The implementation to run; "auto" leaves Triton for the reference on head dims it has no kernel for."""
+    impl = backend.resolve(op, q.device, KERNELS)
+    if impl == "triton" and backend.get_backend() == "auto" and not _kernels("triton").supports(q):
+        return "reference"
+    return impl
 
 
 def _check_qkv(op, q, k, v, dims):
@@ -53,7 +63,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens: torch.
     _checks.dropout_p(op, dropout_p)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     seed = philox.draw_seed(generator) if dropout_p > 0 else 0
-    impl = backend.resolve(op, q.device, KERNELS)
+    impl = _resolve(op, q)
     if impl == "reference":
         return attention_reference(q, k, v, seqlens, dropout_p, scale, seed)
     return _forward(q, k, v, seqlens.to(torch.int32), scale, dropout_p, seed, impl)[0]
@@ -78,7 +88,7 @@ def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     _checks.dropout_p(op, dropout_p)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     seed = philox.draw_seed(generator) if dropout_p > 0 else 0
-    impl = backend.resolve(op, q.device, KERNELS)
+    impl = _resolve(op, q)
     if impl == "reference":
         return attention_varlen_reference(q, k, v, cu_seqlens, max_seqlen, dropout_p, scale, seed)
     return _varlen_forward(q, k, v, cu_seqlens, max_seqlen, scale, dropout_p, seed, impl)[0]
