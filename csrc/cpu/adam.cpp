@@ -18,7 +18,7 @@ namespace {
 
 #define INLINE inline __attribute__((always_inline))
 
-constexpr int64_t kChunk = 1 << 16;  // elements per OpenMP work item
+constexpr int64_t kChunk = 1 << 16;  // elements per OpenMP work item; fewer in all: no threads (as torch's grain)
 constexpr int kBlock = 512;          // elements widened to fp32 at a time: 5 buffers of 2 KiB stay in L1
 
 INLINE void widen(const bf16* src, float* dst, int n) {
@@ -167,11 +167,15 @@ double sum_squares_base(const Span& t, int64_t lo, int64_t hi) { return sum_squa
 struct Chunk { int tensor; int64_t lo, hi; };
 
 template <class T>
-std::vector<Chunk> chunks_of(const T* tensors, int n) {
+std::vector<Chunk> chunks_of(const T* tensors, int n, bool& parallel) {
   std::vector<Chunk> chunks;
-  for (int i = 0; i < n; ++i)
+  int64_t total = 0;
+  for (int i = 0; i < n; ++i) {
     for (int64_t lo = 0; lo < tensors[i].numel; lo += kChunk)
       chunks.push_back({i, lo, std::min(tensors[i].numel, lo + kChunk)});
+    total += tensors[i].numel;
+  }
+  parallel = total > kChunk;
   return chunks;
 }
 
@@ -191,10 +195,11 @@ void adam_step_cpu(const Param* params, int n, const Hyper& h, float grad_scale,
 #if defined(FASTBERT_AVX512)
   if (isa == CpuIsa::avx512) update = update_avx512;
 #endif
-  const std::vector<Chunk> chunks = chunks_of(params, n);
+  bool parallel;
+  const std::vector<Chunk> chunks = chunks_of(params, n, parallel);
   const int64_t nc = int64_t(chunks.size());
   grad_scale *= h.grad_sign;
-#pragma omp parallel for schedule(static) if (nc > 1)
+#pragma omp parallel for schedule(static) if (parallel)
   for (int64_t i = 0; i < nc; ++i) update(params[chunks[i].tensor], chunks[i].lo, chunks[i].hi, h, grad_scale, amsgrad);
 }
 
@@ -203,10 +208,11 @@ double l2_norm_cpu(const Span* tensors, int n, CpuIsa isa) {
 #if defined(FASTBERT_AVX512)
   if (isa == CpuIsa::avx512) sum_squares = sum_squares_avx512;
 #endif
-  const std::vector<Chunk> chunks = chunks_of(tensors, n);
+  bool parallel;
+  const std::vector<Chunk> chunks = chunks_of(tensors, n, parallel);
   const int64_t nc = int64_t(chunks.size());
   std::vector<double> partial(nc);
-#pragma omp parallel for schedule(static) if (nc > 1)
+#pragma omp parallel for schedule(static) if (parallel)
   for (int64_t i = 0; i < nc; ++i) partial[i] = sum_squares(tensors[chunks[i].tensor], chunks[i].lo, chunks[i].hi);
   double s = 0.0;  // summed in chunk order: the same result for any thread count
   for (double x : partial) s += x;
