@@ -55,7 +55,10 @@ static void ref_step(RefState& s, const std::vector<float>& grad, const Config& 
 
 static double max_rel_err(const std::vector<float>& a, const std::vector<double>& b) {
   double err = 0.0, scale = 1e-30;
-  for (size_t i = 0; i < a.size(); ++i) err = std::max(err, std::abs(a[i] - b[i])), scale = std::max(scale, std::abs(b[i]));
+  for (size_t i = 0; i < a.size(); ++i) {
+    err = std::max(err, std::abs(a[i] - b[i]));
+    scale = std::max(scale, std::abs(b[i]));
+  }
   return err / scale;
 }
 
@@ -194,7 +197,7 @@ static void test_plan_launches() {
   int launches = 0;
   plan_launches<5, 16>(numels.data(), int(numels.size()), 65536,
                        [&](const int* ids, int nt, const uint8_t* slot, const int32_t* chunk, int nb) {
-                         CHECK(nt >= 1 && nt <= 5 && nb >= 1 && nb <= 16, "launch limits: %d tensors %d blocks", nt, nb);
+                         CHECK(nt >= 1 && nt <= 5 && nb >= 1 && nb <= 16, "limits: %d tensors %d blocks", nt, nb);
                          for (int b = 0; b < nb; ++b) {
                            CHECK(slot[b] < nt, "slot out of range");
                            seen[ids[slot[b]]][chunk[b]] += 1;

@@ -138,8 +138,8 @@ class FusedAdam(torch.optim.Optimizer):
             args = (list(ps), [p.grad for p in ps], [s["exp_avg"] for s in ss], [s["exp_avg_sq"] for s in ss],
                     [s["max_exp_avg_sq"] for s in ss] if amsgrad else [],
                     [s["master_param"] for s in ss] if master else [], [s["step"] for s in ss],
-                    lr, beta1, beta2, float(group["eps"]), float(group["weight_decay"]), group["decoupled_weight_decay"],
-                    group["maximize"], clip_coef)
+                    lr, beta1, beta2, float(group["eps"]), float(group["weight_decay"]),
+                    group["decoupled_weight_decay"], group["maximize"], clip_coef)
             (torch.ops.fastbert_C.adam_step if impl == "kernel" else adam_reference)(*args)
 
 
