@@ -64,12 +64,13 @@ FASTBERT_HD float sqrt_rn(float x) {
 
 // The scalars of one step shared by all parameters, rounded to fp32 where torch rounds its Python floats.
 struct Hyper {
-  float lerp_weight;    // exp_avg.lerp_(grad, 1 - beta1): weight 1 - beta1, or -beta1 when lerp_from_grad
-  bool lerp_from_grad;  // torch's lerp for weights >= 0.5: grad + (weight - 1) * (grad - exp_avg)
+  float lerp_weight;       // exp_avg.lerp_(grad, 1 - beta1): weight 1 - beta1, or -beta1 when lerp_from_grad
+  int32_t lerp_from_grad;  // 1: torch's lerp for weights >= 0.5, grad + (weight - 1) * (grad - exp_avg). Not a
+                           // bool: GCC 12 does not vectorize loops that read a bool member.
   float beta2, one_minus_beta2, eps;
-  float weight_decay;   // Adam's L2 penalty, added to the gradient; 0 for AdamW
-  float decay;          // AdamW's decoupled decay factor 1 - lr * weight_decay; 1 for Adam
-  float grad_sign;      // -1 to maximize
+  float weight_decay;      // Adam's L2 penalty, added to the gradient; 0 for AdamW
+  float decay;             // AdamW's decoupled decay factor 1 - lr * weight_decay; 1 for Adam
+  float grad_sign;         // -1 to maximize
 };
 
 inline Hyper make_hyper(double lr, double beta1, double beta2, double eps, double weight_decay, bool decoupled,
