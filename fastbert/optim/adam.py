@@ -92,7 +92,7 @@ class FusedAdam(torch.optim.Optimizer):
         if not params:
             return loss
         impl = _implementation(_check(params))
-        clip_coef = None
+        norm = clip_coef = None
         if self.max_grad_norm is not None:
             grads = [p.grad for p in params]
             norm = torch.ops.fastbert_C.multi_tensor_l2_norm(grads) if impl == "kernel" else l2_norm_reference(grads)
@@ -102,7 +102,7 @@ class FusedAdam(torch.optim.Optimizer):
             clip_coef = torch.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0)  # as clip_grad_norm_ computes it
         for group in self.param_groups:
             self._step_group(group, clip_coef, impl)
-        return loss if closure is not None else self.grad_norm
+        return loss if closure is not None else norm
 
     def _state(self, p: torch.Tensor, amsgrad: bool) -> dict:
         """p's state, created on its first step and brought to this optimizer's dtypes (after a torch load)."""
