@@ -81,8 +81,16 @@ template <bool AMSGRAD>
 INLINE void update_f32(float* __restrict p, const float* __restrict g, float* __restrict m, float* __restrict v,
                        float* __restrict v_max, int64_t n, const Hyper& hyper, float grad_scale, StepCoeffs c) {
   const Hyper h = hyper;
+  // The two halves side by side: more streams in flight use more of the memory bandwidth.
+  const int64_t q = n / 2;
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) adam_update<AMSGRAD>(p[i], g[i], m[i], v[i], v_max + i, h, grad_scale, c);
+  for (int64_t i = 0; i < q; ++i) {
+    adam_update<AMSGRAD>(p[i], g[i], m[i], v[i], AMSGRAD ? v_max + i : nullptr, h, grad_scale, c);
+    adam_update<AMSGRAD>(p[q + i], g[q + i], m[q + i], v[q + i], AMSGRAD ? v_max + q + i : nullptr, h, grad_scale,
+                         c);
+  }
+  for (int64_t i = 2 * q; i < n; ++i)
+    adam_update<AMSGRAD>(p[i], g[i], m[i], v[i], AMSGRAD ? v_max + i : nullptr, h, grad_scale, c);
 }
 
 // Elements [lo, hi) of one parameter with param/grad dtype P, state dtype S, an fp32 master copy or not.
