@@ -26,8 +26,8 @@ QUICK_ENV = os.environ.get("FASTBERT_BENCH_QUICK", "0") not in ("", "0")
 BYTES_PER_PARAM = 28  # fp32: read p, g, m, v; write p, m, v
 
 ROOFLINE_C = r"""
-// Per thread a contiguous share of every tensor, in chunks of 65536 whose two halves go side by side: the
-// access order of FusedAdam's CPU kernel (more streams in flight use more of the memory bandwidth).
+// Chunks of 65536, scheduled dynamically, whose two halves go side by side: the access order and schedule
+// of FusedAdam's CPU kernel.
 static void touch(float* restrict p, const float* restrict g, float* restrict m, float* restrict v, long n) {
   const long q = n / 2;
   #pragma omp simd
@@ -41,7 +41,7 @@ static void touch(float* restrict p, const float* restrict g, float* restrict m,
 void roofline(float** p, float** g, float** m, float** v, const long* n, int k) {
   #pragma omp parallel
   for (int t = 0; t < k; ++t) {
-    #pragma omp for schedule(static) nowait
+    #pragma omp for schedule(dynamic) nowait
     for (long c = 0; c < n[t]; c += 65536) {
       const long len = n[t] - c < 65536 ? n[t] - c : 65536;
       touch(p[t] + c, g[t] + c, m[t] + c, v[t] + c, len);

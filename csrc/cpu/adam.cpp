@@ -4,8 +4,6 @@
 // chosen at run time.
 #include "adam.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <type_traits>
 #include <vector>
@@ -187,28 +185,22 @@ void update_base(const Param& t, int64_t lo, int64_t hi, const Hyper& h, float g
 }
 double sum_squares_base(const Span& t, int64_t lo, int64_t hi) { return sum_squares(t, lo, hi); }
 
-struct Chunk { int tensor; int64_t lo, hi, offset; };  // offset: of lo among all elements
+struct Chunk { int tensor; int64_t lo, hi; };
 
 // f(chunk index, chunk) for every chunk of `tensors`, on OpenMP threads when there are over kChunk elements in
-// all. Each thread takes the chunks that start in its equal share of the elements (a static schedule by count
-// would give one thread more work when chunk sizes differ, as they do for BERT's many small tensors).
+// all. Dynamic scheduling: a thread that starts late (a busy machine) leaves its chunks to the others.
 template <class T, class F>
 void for_each_chunk(const T* tensors, int n, F&& f) {
   std::vector<Chunk> chunks;
   int64_t total = 0;
-  for (int i = 0; i < n; ++i)
-    for (int64_t lo = 0; lo < tensors[i].numel; lo += kChunk) {
-      const int64_t hi = std::min(tensors[i].numel, lo + kChunk);
-      chunks.push_back({i, lo, hi, total});
-      total += hi - lo;
-    }
-#pragma omp parallel if (total > kChunk)
-  {
-    const int64_t t = omp_get_thread_num(), threads = omp_get_num_threads();
-    const int64_t first = total * t / threads, last = total * (t + 1) / threads;
-    for (size_t i = 0; i < chunks.size(); ++i)
-      if (chunks[i].offset >= first && chunks[i].offset < last) f(i, chunks[i]);
+  for (int i = 0; i < n; ++i) {
+    for (int64_t lo = 0; lo < tensors[i].numel; lo += kChunk)
+      chunks.push_back({i, lo, std::min(tensors[i].numel, lo + kChunk)});
+    total += tensors[i].numel;
   }
+  const int64_t nc = int64_t(chunks.size());
+#pragma omp parallel for schedule(dynamic) if (total > kChunk)
+  for (int64_t i = 0; i < nc; ++i) f(i, chunks[i]);
 }
 
 }  // namespace
@@ -228,7 +220,7 @@ void adam_step_cpu(const Param* params, int n, const Hyper& h, float grad_scale,
   if (isa == CpuIsa::avx512) update = update_avx512;
 #endif
   grad_scale *= h.grad_sign;
-  for_each_chunk(params, n, [&](size_t, const Chunk& c) {
+  for_each_chunk(params, n, [&](int64_t, const Chunk& c) {
     update(params[c.tensor], c.lo, c.hi, h, grad_scale, amsgrad);
   });
 }
@@ -240,7 +232,7 @@ double l2_norm_cpu(const Span* tensors, int n, CpuIsa isa) {
 #endif
   std::vector<double> partial;
   for (int i = 0; i < n; ++i) partial.resize(partial.size() + (tensors[i].numel + kChunk - 1) / kChunk);
-  for_each_chunk(tensors, n, [&](size_t i, const Chunk& c) {
+  for_each_chunk(tensors, n, [&](int64_t i, const Chunk& c) {
     partial[i] = sum_squares(tensors[c.tensor], c.lo, c.hi);
   });
   double s = 0.0;  // summed in chunk order: the same result for any thread count
