@@ -44,7 +44,9 @@ def cpu():
     try:
         from torch.utils import cpp_extension
 
-        return cpp_extension.load(name="fastbert_C", sources=sources, extra_cflags=_build.CXX_FLAGS,
+        src_dir = os.path.join(cpp_extension._get_build_directory("fastbert_C", verbose=False), "src")
+        return cpp_extension.load(name="fastbert_C", sources=_build.jit_sources(sources, src_dir),
+                                  extra_cflags=[*_build.CXX_FLAGS, f"-DFASTBERT_SOURCES={_build.source_digest()}"],
                                   extra_ldflags=_build.LD_FLAGS, extra_include_paths=[_build.CSRC])
     except Exception as e:  # noqa: BLE001 - any build failure means: no extension, say why
         _error = f"{missing}; JIT build failed: {str(e).strip().splitlines()[-1] if str(e).strip() else e!r}"
