@@ -174,7 +174,7 @@ def layer_norm_backward(grad_out, h, weight, mean, rstd, dropout_p, seed, has_in
     grad_x = torch.empty_like(h) if dropout_p > 0 else h.new_empty(0)
     constexprs, launch = _config(N, dropout_p > 0)
     per_program = _bwd_rows_per_program(M, constexprs["ROWS"], h.device)
-    programs = triton.cdiv(M, per_program)
+    programs = triton.cdiv(M, per_program) if M else 0
     parts = torch.empty(3 if has_input_bias else 2, programs, N, dtype=torch.float32, device=h.device)
     if M:
         _layer_norm_bwd[(programs,)](
