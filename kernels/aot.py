@@ -1,10 +1,12 @@
 """Compile every Triton kernel variant ahead of time for real GPUs, without one, and report its resources.
 
-    python -m fastbert.kernels.aot [--arch 80 90] [--json report.json] [--jobs N]
+    python -m fastbert.kernels.aot [--arch 80 90] [--pairwise] [--json report.json] [--jobs N]
 
 Collects `aot_specs()` from every module of fastbert.kernels, compiles each spec with
-triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32)), and reads registers, shared memory
-and local memory (where register spills go) from the cubin with the cuobjdump bundled in Triton.
+triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32)), and reads registers, shared memory,
+stack and local memory (where register spills go) from the cubin with the cuobjdump bundled in Triton.
+--pairwise compiles an all-pairs subset instead: for each kernel, specs chosen until every pair of
+parameter values (argument dtypes, constexprs, launch options) that any spec has occurs in one chosen.
 Needs TRITON_INTERPRET unset or 0: the interpreter's @triton.jit functions cannot be compiled.
 """
 from __future__ import annotations
@@ -59,7 +61,7 @@ def _compile(job):
     try:
         k = triton.compile(ASTSource(spec["fn"], spec["signature"], spec["constexprs"]),
                            target=GPUTarget("cuda", arch, 32),
-                           options=dict(num_warps=spec["num_warps"], num_stages=spec["num_stages"]))
+                           options={k: spec[k] for k in ("num_warps", "num_stages", "maxnreg") if k in spec})
         record.update(ok=True, shared=k.metadata.shared, **resources(k.asm["cubin"]))
     except Exception as e:  # report every failure, not only the first
         chain = []
@@ -71,8 +73,31 @@ def _compile(job):
     return record
 
 
-def compile_all(archs=ARCHS, jobs: int | None = None) -> list[dict]:
-    work = [(m.__name__, i, arch) for m in kernel_modules() for i in range(len(m.aot_specs())) for arch in archs]
+def _features(spec):
+    """(parameter, value) pairs that make a spec: argument types, constexpr values, launch options."""
+    launch = {k: spec[k] for k in ("num_warps", "num_stages", "maxnreg") if k in spec}
+    return {(k, str(v)) for d in (spec["signature"], spec["constexprs"], launch) for k, v in d.items()
+            if v != "constexpr"}
+
+
+def pairwise(specs: list[dict]) -> list[int]:
+    """Indices of specs covering, per kernel function, every pair of features some spec of it has (greedy)."""
+    chosen = []
+    for fn in dict.fromkeys(s["fn"] for s in specs):
+        group = [i for i, s in enumerate(specs) if s["fn"] is fn]
+        pairs = {i: {(a, b) for a in _features(specs[i]) for b in _features(specs[i]) if a < b} for i in group}
+        todo = set().union(*pairs.values())
+        while todo:
+            best = max(group, key=lambda i: len(pairs[i] & todo))
+            chosen.append(best)
+            todo -= pairs[best]
+    return sorted(chosen)
+
+
+def compile_all(archs=ARCHS, jobs: int | None = None, subset: bool = False) -> list[dict]:
+    """Compile every spec (or the pairwise subset) of every kernel module for each arch."""
+    work = [(m.__name__, i, arch) for m in kernel_modules()
+            for i in (pairwise(m.aot_specs()) if subset else range(len(m.aot_specs()))) for arch in archs]
     jobs = jobs or os.cpu_count() or 1
     if jobs == 1:
         return [_compile(w) for w in work]
@@ -96,12 +121,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, nargs="+", default=list(ARCHS))
     parser.add_argument("--json", help="write the records here")
+    parser.add_argument("--pairwise", action="store_true", help="compile the all-pairs subset only")
     parser.add_argument("--jobs", type=int, default=None, help="parallel compiles (default: CPU count)")
     args = parser.parse_args(argv)
     if triton.knobs.runtime.interpret:
         sys.exit("fastbert.kernels.aot: unset TRITON_INTERPRET (interpreted kernels cannot be compiled)")
     start = time.perf_counter()
-    records = compile_all(args.arch, args.jobs)
+    records = compile_all(args.arch, args.jobs, args.pairwise)
     print(table(records))
     failed = [r for r in records if not r["ok"] or r["local_bytes"] or r["stack_bytes"]]
     print(f"{len(records)} compiles, {len(failed)} failed or spilled, {time.perf_counter() - start:.1f} s")

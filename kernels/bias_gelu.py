@@ -14,10 +14,10 @@ from fastbert.backend import triton_interpreted
 
 BLOCK_N = 256
 BLOCK_M = 16 if triton_interpreted() else 8  # the interpreter pays per operation, not per element
-NUM_WARPS = 4
-SQRT1_2 = 0.7071067811865476  # 1 / sqrt(2)
-INV_SQRT_2PI = 0.3989422804014327  # 1 / sqrt(2 pi)
-SQRT_2_PI = 0.7978845608028654  # sqrt(2 / pi)
+LAUNCH = dict(num_warps=4, num_stages=1, maxnreg=255)  # maxnreg: else ptxas may spill to raise occupancy
+SQRT1_2 = tl.constexpr(0.7071067811865476)  # 1 / sqrt(2)
+INV_SQRT_2PI = tl.constexpr(0.3989422804014327)  # 1 / sqrt(2 pi)
+SQRT_2_PI = tl.constexpr(0.7978845608028654)  # sqrt(2 / pi)
 
 
 @triton.jit
@@ -91,7 +91,7 @@ def bias_gelu_forward(x, bias, approximate):
     if x.numel():
         grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N))
         _bias_gelu_fwd[grid](x, x if b is None else b, out, M, N, HAS_BIAS=b is not None, TANH=approximate == "tanh",
-                             BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=NUM_WARPS, num_stages=1)
+                             BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, **LAUNCH)
     return out
 
 
@@ -112,7 +112,7 @@ def bias_gelu_backward(grad_out, x, bias, approximate):
     if x.numel():
         _bias_gelu_bwd[(programs_m, col_blocks)](
             grad_out.to(x.dtype), x, x if b is None else b, grad_x, parts, M, N, HAS_BIAS=b is not None,
-            TANH=approximate == "tanh", BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=NUM_WARPS, num_stages=1)
+            TANH=approximate == "tanh", BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, **LAUNCH)
     grad_bias = parts.sum(0) if b is not None else x.new_empty(0, dtype=torch.float32)
     return grad_x, grad_bias
 
@@ -133,5 +133,5 @@ def aot_specs():
                             (_bias_gelu_bwd, dict(DY=x, X=x, B=b or x, DX=x, DB="*fp32", M="i32", N="i32"))):
                 specs.append(dict(name=f"{fn.__name__} {tag}", fn=fn,
                                   signature={**sig, **dict.fromkeys(constexprs, "constexpr")},
-                                  constexprs=constexprs, num_warps=NUM_WARPS, num_stages=1))
+                                  constexprs=constexprs, **LAUNCH))
     return specs

@@ -74,7 +74,6 @@ def _layer_norm_bwd(DY, H, W, MEAN, RSTD, DH, DX, DW, DB, DIB, M, N, rows_per_pr
                     ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_N)
-    w = tl.load(W + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
     dw = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
     db = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
     dib = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
@@ -89,7 +88,7 @@ def _layer_norm_bwd(DY, H, W, MEAN, RSTD, DH, DX, DW, DB, DIB, M, N, rows_per_pr
         mean = tl.load(MEAN + rows, mask=rows < last, other=0.0)[:, None]
         rstd = tl.load(RSTD + rows, mask=rows < last, other=0.0)[:, None]
         xhat = tl.where(mask, (h - mean) * rstd, 0.0)
-        wdy = w * dy
+        wdy = tl.load(W + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :] * dy  # reloaded: registers
         c1 = tl.sum(xhat * wdy, axis=1)[:, None] / N
         c2 = tl.sum(wdy, axis=1)[:, None] / N
         dh = (wdy - (xhat * c1 + c2)) * rstd
@@ -112,12 +111,13 @@ def _layer_norm_bwd(DY, H, W, MEAN, RSTD, DH, DX, DW, DB, DIB, M, N, rows_per_pr
 
 def _config(n, dropout):
     """Constexprs and launch options for rows of n elements: BLOCK_N = next power of two (at least
-    MIN_BLOCK), ROWS rows per tile of TILE elements, 8 warps (8 elements per thread, 16 at BLOCK_N=4096:
-    16 warps would cap registers at 128 per thread, and the backward spills there)."""
+    MIN_BLOCK), ROWS rows per tile of TILE elements, 8 elements per thread; maxnreg: the register file's
+    share per thread, stated, else ptxas may spill a few bytes to raise occupancy."""
     block_n = max(MIN_BLOCK, triton.next_power_of_2(n))
     rows = max(1, TILE // block_n)
+    num_warps = min(rows * block_n // 256, 16)
     return (dict(ALIGNED=dropout and n % 8 == 0, ROWS=rows, BLOCK_N=block_n),
-            dict(num_warps=min(rows * block_n // 256, 8), num_stages=1))
+            dict(num_warps=num_warps, num_stages=1, maxnreg=min(255, 65536 // (32 * num_warps))))
 
 
 def _param_dtype(x_dtype, *params):
