@@ -14,10 +14,7 @@ from fastbert.backend import triton_interpreted
 
 BLOCK_N = 256
 BLOCK_M = 16 if triton_interpreted() else 8  # the interpreter pays per operation, not per element
-LAUNCH = dict(num_warps=4, num_stages=1, maxnreg=255)  # maxnreg: else ptxas may spill to raise occupancy
-SQRT1_2 = tl.constexpr(0.7071067811865476)  # 1 / sqrt(2)
-INV_SQRT_2PI = tl.constexpr(0.3989422804014327)  # 1 / sqrt(2 pi)
-SQRT_2_PI = tl.constexpr(0.7978845608028654)  # sqrt(2 / pi)
+LAUNCH = dict(num_warps=8, num_stages=1, maxnreg=255)  # 8 elements per thread; maxnreg: else ptxas may spill
 
 
 @triton.jit
@@ -25,21 +22,24 @@ def _tanh(x):
     return 2.0 * tl.sigmoid(2.0 * x) - 1.0
 
 
+# Constants inline: 0.7978845608028654 = sqrt(2 / pi), 0.7071067811865476 = 1 / sqrt(2),
+# 0.3989422804014327 = 1 / sqrt(2 pi) (globals would have to be tl.constexpr, which the interpreter mishandles).
+
 @triton.jit
 def _gelu(h, TANH: tl.constexpr):
     if TANH:
-        return 0.5 * h * (1.0 + _tanh(SQRT_2_PI * (h + 0.044715 * h * h * h)))
+        return 0.5 * h * (1.0 + _tanh(0.7978845608028654 * (h + 0.044715 * h * h * h)))
     else:
-        return 0.5 * h * (1.0 + tl.erf(h * SQRT1_2))
+        return 0.5 * h * (1.0 + tl.erf(h * 0.7071067811865476))
 
 
 @triton.jit
 def _gelu_grad(h, TANH: tl.constexpr):
     if TANH:
-        t = _tanh(SQRT_2_PI * (h + 0.044715 * h * h * h))
-        return 0.5 * (1.0 + t) + 0.5 * h * (1.0 - t * t) * SQRT_2_PI * (1.0 + 3 * 0.044715 * h * h)
+        t = _tanh(0.7978845608028654 * (h + 0.044715 * h * h * h))
+        return 0.5 * (1.0 + t) + 0.5 * h * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 3 * 0.044715 * h * h)
     else:
-        return 0.5 * (1.0 + tl.erf(h * SQRT1_2)) + h * tl.exp(-0.5 * h * h) * INV_SQRT_2PI
+        return 0.5 * (1.0 + tl.erf(h * 0.7071067811865476)) + h * tl.exp(-0.5 * h * h) * 0.3989422804014327
 
 
 @triton.jit

@@ -1,9 +1,11 @@
 """Triton kernels for fastbert.ops.layer_norm: LayerNorm(dropout(x + input_bias) + residual).
 
-Forward: one program per row (the whole row in registers, BLOCK_N = next power of two >= N, masked).
-Backward: each program walks a contiguous block of rows, writes grad_h (and the dropout-masked grad_x)
-and keeps fp32 partial sums of grad_weight, grad_bias and grad_input_bias in registers; torch sums the
-[programs, N] partials afterwards (as in the Triton layer-norm tutorial and Liger-Kernel).
+Both kernels work on [ROWS, BLOCK_N] tiles: whole rows in registers (BLOCK_N = next power of two >= N,
+masked), several short rows or one long row per tile. Forward: one tile per program; statistics in fp32
+from the unrounded pre-norm sum h, which is stored in x's dtype for backward. Backward: each program
+walks a contiguous block of rows, writes grad_h (and the dropout-masked grad_x) and keeps fp32 partial
+sums of grad_weight, grad_bias and grad_input_bias in registers; torch adds the [programs, N] partials
+up afterwards (as in the Triton layer-norm tutorial and Liger-Kernel).
 Dropout masks follow fastbert.ops.philox (index row * N + col) and are regenerated in backward.
 """
 import itertools
@@ -16,7 +18,7 @@ from fastbert.backend import triton_interpreted
 
 MAX_N = 4096
 MIN_BLOCK = 512  # shorter rows share one compiled variant (masked lanes), keeping the variant count down
-# Elements a program holds at a time. The interpreter pays per operation, not per element: it takes 8x.
+# Elements a program holds at a time; the interpreter pays per operation, not per element: 16x larger.
 TILE = 32768 if triton_interpreted() else 2048
 
 
@@ -88,7 +90,8 @@ def _layer_norm_bwd(DY, H, W, MEAN, RSTD, DH, DX, DW, DB, DIB, M, N, rows_per_pr
         mean = tl.load(MEAN + rows, mask=rows < last, other=0.0)[:, None]
         rstd = tl.load(RSTD + rows, mask=rows < last, other=0.0)[:, None]
         xhat = tl.where(mask, (h - mean) * rstd, 0.0)
-        wdy = tl.load(W + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :] * dy  # reloaded: registers
+        w = tl.load(W + cols, mask=cols < N, other=0.0).to(tl.float32)  # per tile (L1): fewer live registers
+        wdy = w[None, :] * dy
         c1 = tl.sum(xhat * wdy, axis=1)[:, None] / N
         c2 = tl.sum(wdy, axis=1)[:, None] / N
         dh = (wdy - (xhat * c1 + c2)) * rstd

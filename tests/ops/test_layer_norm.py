@@ -90,6 +90,13 @@ def test_every_combination_matches_reference(residual, input_bias, p, dtype):
         _check(*_inputs(shape, dtype, residual, input_bias), p=p)
 
 
+@pytest.mark.parametrize("shape", [(37, 384), (9, 4096)])
+def test_gpu_tile_sizes(monkeypatch, shape):
+    # The interpreter runs 16x larger tiles than a GPU; here the GPU's: backward programs loop over tiles.
+    monkeypatch.setattr(kernels, "TILE", 2048)
+    _check(*_inputs(shape, torch.float32, True, True), p=0.1)
+
+
 def test_mixed_dtypes():
     # bf16 activations with an fp32 residual and fp32 (master) weights, as under autocast
     _check(*_inputs((9, 384), torch.bfloat16, True, True, param_dtype=torch.float32,
