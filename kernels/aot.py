@@ -1,10 +1,13 @@
 """Compile every Triton kernel variant ahead of time for real GPUs, without one, and report its resources.
 
-    python -m fastbert.kernels.aot [--arch 80 90] [--pairwise] [--json report.json] [--jobs N]
+    python -m fastbert.kernels.aot [--arch 80 90] [--pairwise] [--match TEXT] [--json report.json] [--jobs N]
 
 Collects `aot_specs()` from every module of fastbert.kernels, compiles each spec with
-triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32)), and reads registers, shared memory,
-stack and local memory (where register spills go) from the cubin with the cuobjdump bundled in Triton.
+triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32)), and reads registers, stack frame and
+local memory (where register spills go: a spill-free kernel has neither) from the cubin with the
+cuobjdump bundled in Triton; "shared" is the shared memory Triton allocates. Integer arguments carry no
+divisibility hints, so this is the code the JIT builds for sizes that are not multiples of 16: the
+worst case for registers (a multiple of 16 lets it vectorise and use fewer).
 --pairwise compiles an all-pairs subset instead: for each kernel, specs chosen until every pair of
 parameter values (argument dtypes, constexprs, launch options) that any spec has occurs in one chosen.
 Needs TRITON_INTERPRET unset or 0: the interpreter's @triton.jit functions cannot be compiled.
@@ -59,10 +62,10 @@ def _compile(job):
     record = dict(module=module.rsplit(".", 1)[-1], kernel=spec["name"], arch=f"sm_{arch}",
                   num_warps=spec["num_warps"], num_stages=spec["num_stages"])
     try:
-        k = triton.compile(ASTSource(spec["fn"], spec["signature"], spec["constexprs"]),
-                           target=GPUTarget("cuda", arch, 32),
-                           options={k: spec[k] for k in ("num_warps", "num_stages", "maxnreg") if k in spec})
-        record.update(ok=True, shared=k.metadata.shared, **resources(k.asm["cubin"]))
+        kernel = triton.compile(ASTSource(spec["fn"], spec["signature"], spec["constexprs"]),
+                                target=GPUTarget("cuda", arch, 32),
+                                options={k: spec[k] for k in ("num_warps", "num_stages", "maxnreg") if k in spec})
+        record.update(ok=True, shared=kernel.metadata.shared, **resources(kernel.asm["cubin"]))
     except Exception as e:  # report every failure, not only the first
         chain = []
         while e is not None:
@@ -94,10 +97,13 @@ def pairwise(specs: list[dict]) -> list[int]:
     return sorted(chosen)
 
 
-def compile_all(archs=ARCHS, jobs: int | None = None, subset: bool = False) -> list[dict]:
-    """Compile every spec (or the pairwise subset) of every kernel module for each arch."""
-    work = [(m.__name__, i, arch) for m in kernel_modules()
-            for i in (pairwise(m.aot_specs()) if subset else range(len(m.aot_specs()))) for arch in archs]
+def compile_all(archs=ARCHS, jobs: int | None = None, subset: bool = False, match: str = "") -> list[dict]:
+    """Compile every spec (or the pairwise subset) whose name contains `match`, for each arch."""
+    work = []
+    for m in kernel_modules():
+        specs = m.aot_specs()
+        work += [(m.__name__, i, arch) for i in (pairwise(specs) if subset else range(len(specs)))
+                 if match in specs[i]["name"] for arch in archs]
     jobs = jobs or os.cpu_count() or 1
     if jobs == 1:
         return [_compile(w) for w in work]
@@ -122,12 +128,13 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", type=int, nargs="+", default=list(ARCHS))
     parser.add_argument("--json", help="write the records here")
     parser.add_argument("--pairwise", action="store_true", help="compile the all-pairs subset only")
+    parser.add_argument("--match", default="", help="only kernels whose name contains this text")
     parser.add_argument("--jobs", type=int, default=None, help="parallel compiles (default: CPU count)")
     args = parser.parse_args(argv)
     if triton.knobs.runtime.interpret:
         sys.exit("fastbert.kernels.aot: unset TRITON_INTERPRET (interpreted kernels cannot be compiled)")
     start = time.perf_counter()
-    records = compile_all(args.arch, args.jobs, args.pairwise)
+    records = compile_all(args.arch, args.jobs, args.pairwise, args.match)
     print(table(records))
     failed = [r for r in records if not r["ok"] or r["local_bytes"] or r["stack_bytes"]]
     print(f"{len(records)} compiles, {len(failed)} failed or spilled, {time.perf_counter() - start:.1f} s")
