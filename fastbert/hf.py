@@ -106,6 +106,9 @@ def _seqlens(mask, B, S):
     """Sequence lengths [B] int32 of the key-padding mask HF hands a layer (None: no padding)."""
     if mask is None:
         return None
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(f"patch_hf_bert: unsupported attention mask {type(mask).__name__}; use the eager, sdpa "
+                         f"or flash_attention_2 attention implementation")
     if mask.dim() == 4 and mask.shape[0] == B and mask.shape[1] == 1 and mask.shape[3] == S:
         if not torch.equal(mask, mask[:, :, :1].expand_as(mask)):
             raise ValueError("patch_hf_bert: the attention mask differs between queries; only key-padding "

@@ -116,6 +116,9 @@ def test_unsupported_masks_and_models_raise():
     ids, mask, _ = _batch()
     with pytest.raises(ValueError, match="right-padded"):
         model(input_ids=ids, attention_mask=mask.flip(1))  # left padding
+    causal = torch.tril(torch.ones(11, 11, dtype=torch.bool)).expand(3, 1, 11, 11)
+    with pytest.raises(ValueError, match="differs between queries"):
+        model(input_ids=ids, attention_mask=causal)
     with pytest.raises(ValueError, match="decoder"):
         fastbert.patch_hf_bert(_model(is_decoder=True))
     with pytest.raises(ValueError, match="no transformers BERT modules"):
