@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fastbert
-from fastbert import backend, ops
+from fastbert import ops
 
 transformers = pytest.importorskip("transformers")
 
@@ -16,7 +16,7 @@ LENGTHS = [11, 5, 1]  # right padding, down to a single real token
 
 def _model(attn_implementation="eager", hidden_act="gelu", **overrides):
     config = transformers.BertConfig(**{
-        **dict(vocab_size=50, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
+        **dict(vocab_size=50, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=96,
                max_position_embeddings=16, hidden_act=hidden_act, hidden_dropout_prob=0.0,
                attention_probs_dropout_prob=0.0, num_labels=3), **overrides})
     config._attn_implementation = attn_implementation
@@ -41,27 +41,12 @@ def _forward_backward(model, ids, mask, types):
     return hidden.detach(), out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-@pytest.fixture
-def triton_without_attention_kernel(monkeypatch):
-    """Run backend "triton" with whatever Triton kernels exist: until fastbert.ops.attention has one,
-    attention runs its reference (the only op that may lack a kernel here)."""
-    resolve = backend.resolve
-
-    def resolve_with_fallback(op, device, kernels):
-        if op.startswith("attention") and "triton" not in kernels and backend.get_backend() == "triton":
-            return "reference"
-        return resolve(op, device, kernels)
-
-    monkeypatch.setattr(backend, "resolve", resolve_with_fallback)
-
-
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])  # additive and boolean 4-D masks
 @pytest.mark.parametrize("hidden_act", ["gelu", "gelu_pytorch_tanh"])
 @pytest.mark.parametrize("op_backend", ["reference", "triton"])
-def test_patched_model_matches_hf(attn_implementation, hidden_act, op_backend, request):
+def test_patched_model_matches_hf(attn_implementation, hidden_act, op_backend):
     if op_backend == "triton":
         pytest.importorskip("triton")
-        request.getfixturevalue("triton_without_attention_kernel")
     hf = _model(attn_implementation, hidden_act)
     fast = fastbert.patch_hf_bert(copy.deepcopy(hf), backend=op_backend)
     batch = _batch()

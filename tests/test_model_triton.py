@@ -2,36 +2,17 @@
 parameter gradient, padded (unpad=False: the padded attention kernel) with dropout on (the same torch seed
 draws the same Philox masks on both backends) and packed (the varlen kernel) with dropout off. The kernel
 tests cover the other combinations (packed dropout equals padded dropout bit for bit)."""
-import importlib
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fastbert import BertConfig, BertForMaskedLM, backend, use_backend
+from fastbert import BertConfig, BertForMaskedLM, use_backend
 from fastbert.ops import padding
 from tests.conftest import max_rel_err
 
 pytest.importorskip("triton")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-FUSED_OPS = ("layer_norm", "bias_gelu", "attention")
-
-
-@pytest.fixture
-def partial_triton(monkeypatch):
-    """While an op still lacks its Triton kernel, that op (only) runs its reference under "triton"."""
-    missing = [op for op in FUSED_OPS if "triton" not in importlib.import_module(f"fastbert.ops.{op}").KERNELS]
-    if missing:
-        resolve = backend.resolve
-
-        def resolve_or_reference(op, device, kernels):
-            if backend.get_backend() == "triton" and "triton" not in kernels:
-                return "reference"
-            return resolve(op, device, kernels)
-
-        monkeypatch.setattr(backend, "resolve", resolve_or_reference)
-    return missing
 
 
 def _batch(packed: bool):
@@ -68,7 +49,7 @@ def _step(model, inputs, labels, seed):
 
 
 @pytest.mark.parametrize("packed, dropout", [(False, 0.1), (True, 0.0)], ids=["padded-dropout", "packed"])
-def test_triton_model_equals_reference(partial_triton, packed, dropout):
+def test_triton_model_equals_reference(packed, dropout):
     config = BertConfig(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=128, max_position_embeddings=32, hidden_dropout_prob=dropout,
                         attention_probs_dropout_prob=dropout)
