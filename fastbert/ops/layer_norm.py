@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from fastbert import backend
 from fastbert.ops import _checks, philox
 
-KERNELS = ()  # backends with kernels for this op: "triton", "cpu"
+KERNELS = ("cpu",)  # backends with kernels for this op: "triton", "cpu"
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-12, *,
