@@ -13,6 +13,7 @@
 #include <cstring>
 #include <memory>
 #include <new>
+#include <type_traits>
 
 #include "philox.h"
 
@@ -21,6 +22,15 @@ namespace fastbert::cpu {
 // 16-bit float storage types (bit patterns); all arithmetic is fp32.
 struct bf16 { uint16_t bits; };
 struct f16 { uint16_t bits; };
+
+inline float to_float(float v) { return v; }
+inline float to_float(bf16 v) {
+  const uint32_t u = static_cast<uint32_t>(v.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+inline float to_float(f16 v) { return _cvtsh_ss(v.bits); }
 
 enum class Isa { avx2, avx512 };
 

@@ -48,6 +48,27 @@ inline Mask keep(const uint16_t* bits, uint32_t threshold) {
   return _mm512_cmpge_epu32_mask(b, _mm512_set1_epi32(static_cast<int>(threshold)));
 }
 
+// Gathers (transposing small blocks): lane l reads base[idx[l]] for lanes l < n, 0 beyond.
+inline I lane_offsets(int64_t stride) {
+  return _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                            _mm512_set1_epi32(static_cast<int>(stride)));
+}
+inline F gather(const float* base, I idx, int64_t n) {
+  return _mm512_mask_i32gather_ps(zero(), first_lanes(n), idx, base, 4);
+}
+// The 32-bit words holding 16-bit elements idx[l] and idx[l] + 1, split into fp32 (even, odd).
+inline I gather_words(const void* base, I idx, int64_t n) {
+  return _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), first_lanes(n), idx, base, 2);
+}
+inline void split_words(I w, const bf16*, F& even, F& odd) {
+  even = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+  odd = _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+}
+inline void split_words(I w, const f16*, F& even, F& odd) {
+  even = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(w));
+  odd = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(w, 16)));
+}
+
 inline I set1_u32(uint32_t v) { return _mm512_set1_epi32(static_cast<int>(v)); }
 inline I load_u32(const uint32_t* p) { return _mm512_loadu_si512(p); }
 // (hi, lo) 32-bit halves of a * b, lane by lane.
@@ -87,13 +108,15 @@ inline F load(const bf16* p) {
 }
 inline F load(const f16* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
 inline void store(float* p, F v) { _mm256_storeu_ps(p, v); }
+inline __m128i narrow_u16(I w) {  // 8 x u32 < 2^16 -> 8 x u16
+  return _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(w, w), 0x08));
+}
 inline void store(bf16* p, F v) {
   const I u = _mm256_castps_si256(v);  // round to nearest even, NaN stays a (quiet) NaN
   I r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF),
                                                                  _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1)))), 16);
   r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
-  const I packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);  // 8 x u16 in the low half
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), narrow_u16(r));
 }
 inline void store(f16* p, F v) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
@@ -126,6 +149,25 @@ inline Mask first_lanes(int64_t n) {
 inline Mask keep(const uint16_t* bits, uint32_t threshold) {
   const I b = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bits)));  // < 2^16: signed compare is exact
   return _mm256_castsi256_ps(_mm256_cmpgt_epi32(b, _mm256_set1_epi32(static_cast<int>(threshold) - 1)));
+}
+
+inline I lane_offsets(int64_t stride) {
+  return _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(static_cast<int>(stride)));
+}
+inline F gather(const float* base, I idx, int64_t n) {
+  return _mm256_mask_i32gather_ps(zero(), base, idx, first_lanes(n), 4);
+}
+inline I gather_words(const void* base, I idx, int64_t n) {
+  return _mm256_mask_i32gather_epi32(_mm256_setzero_si256(), static_cast<const int*>(base), idx,
+                                     _mm256_castps_si256(first_lanes(n)), 2);
+}
+inline void split_words(I w, const bf16*, F& even, F& odd) {
+  even = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  odd = _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u))));
+}
+inline void split_words(I w, const f16*, F& even, F& odd) {
+  even = _mm256_cvtph_ps(narrow_u16(_mm256_and_si256(w, _mm256_set1_epi32(0xFFFF))));
+  odd = _mm256_cvtph_ps(narrow_u16(_mm256_srli_epi32(w, 16)));
 }
 
 inline I set1_u32(uint32_t v) { return _mm256_set1_epi32(static_cast<int>(v)); }

@@ -28,7 +28,7 @@ import torch
 from fastbert import backend
 from fastbert.ops import _checks, padding, philox
 
-KERNELS = ()  # backends with kernels for this op: "triton", "cpu"
+KERNELS = ("cpu",)  # backends with kernels for this op: "triton", "cpu"
 
 
 def _check_qkv(op, q, k, v, dims):

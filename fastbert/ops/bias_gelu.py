@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from fastbert import backend
 from fastbert.ops import _checks
 
-KERNELS = ()  # backends with kernels for this op: "triton", "cpu"
+KERNELS = ("cpu",)  # backends with kernels for this op: "triton", "cpu"
 APPROXIMATIONS = ("none", "tanh")
 
 
