@@ -1,6 +1,7 @@
 // (Compiled once per instruction set by cpu/for_each_isa.h.) LayerNorm rows r0 .. r1 - 1, one row at a
 // time in fp32: the pre-norm row lives in an L1-sized buffer, so x, residual, grad_out and h are read
 // from memory once. Dropout bits come from Philox in the row-wise scheme (element r * n + c).
+#include "cpu/norm_rows.h"
 
 template <class T, class R>
 void layer_norm_forward_rows(const LayerNormForward<T, R>& a, int64_t r0, int64_t r1) {
@@ -13,22 +14,15 @@ void layer_norm_forward_rows(const LayerNormForward<T, R>& a, int64_t r0, int64_
   for (int64_t r = r0; r < r1; ++r) {
     const T* x = a.x + r * n;
     const uint16_t* bits = a.dropout_p > 0 ? dropout_bits(a.seed, r * n, n, bits_buf.get()) : nullptr;
-    F sum = zero();
-    for (int64_t j = 0; j < n; j += W) {  // h = dropout(x + input_bias) + residual; lanes past n stay 0
+    for (int64_t j = 0; j < n; j += W) {  // h = dropout(x + input_bias) + residual
       F v = load(x + j, n - j);
       if (a.input_bias) v = v + load(a.input_bias + j, n - j);
       if (bits) v = keep_only(keep(bits + j, threshold), v * scale);
       if (a.residual) v = v + load(a.residual + r * n + j, n - j);
       store(hrow + j, v);
-      sum = sum + v;
     }
-    const float mean = reduce_add(sum) / n;
-    F sq = zero();
-    for (int64_t j = 0; j < n; j += W) {
-      const F d = keep_only(first_lanes(n - j), load(hrow + j) - set1(mean));
-      sq = fma(d, d, sq);
-    }
-    const float rstd = 1.0f / std::sqrt(reduce_add(sq) / n + a.eps);
+    float mean, rstd;
+    row_moments(hrow, n, a.eps, mean, rstd);
     for (int64_t j = 0; j < n; j += W) {
       const F h = load(hrow + j);
       const F y = fma((h - set1(mean)) * set1(rstd), load(a.weight + j, n - j), load(a.bias + j, n - j));
@@ -40,8 +34,8 @@ void layer_norm_forward_rows(const LayerNormForward<T, R>& a, int64_t r0, int64_
   }
 }
 
-// grad_h = rstd (g w - mean(g w) - xhat mean(g w xhat)) with g = grad_out, xhat = (h - mean) rstd.
-// Column sums are added to this thread's partials gw, gb, gib (each round_up(n, W) floats).
+// grad_h, grad_x = dropout'(grad_h); column sums added to this thread's partials gw, gb, gib
+// (round_up(n, W) floats each).
 template <class T>
 void layer_norm_backward_rows(const LayerNormBackward<T>& a, int64_t r0, int64_t r1, float* gw, float* gb,
                               float* gib) {
@@ -50,28 +44,14 @@ void layer_norm_backward_rows(const LayerNormBackward<T>& a, int64_t r0, int64_t
   const uint32_t threshold = philox::threshold(a.dropout_p);
   const F scale = set1(static_cast<float>(1.0 / (1.0 - a.dropout_p)));
   for (int64_t r = r0; r < r1; ++r) {
-    const T *g = a.grad_out + r * n, *h = a.h + r * n;
-    const F mean = set1(a.mean[r]), rstd = set1(a.rstd[r]);
-    F s_gwx = zero(), s_gw = zero();
-    for (int64_t j = 0; j < n; j += W) {  // lanes past n load g = 0 and add nothing
-      const F go = load(g + j, n - j), xhat = (load(h + j, n - j) - mean) * rstd;
-      const F gwv = go * load(a.weight + j, n - j);
-      s_gwx = fma(gwv, xhat, s_gwx);
-      s_gw = s_gw + gwv;
-      store(gw + j, fma(go, xhat, load(gw + j)));
-      store(gb + j, load(gb + j) + go);
-    }
-    const F c_x = set1(reduce_add(s_gwx) / n), c = set1(reduce_add(s_gw) / n);
     const uint16_t* bits = a.grad_x ? dropout_bits(a.seed, r * n, n, bits_buf.get()) : nullptr;
-    for (int64_t j = 0; j < n; j += W) {
-      const F go = load(g + j, n - j), xhat = (load(h + j, n - j) - mean) * rstd;
-      F dh = rstd * (go * load(a.weight + j, n - j) - c - xhat * c_x);
+    row_backward(a.grad_out + r * n, a.h + r * n, a.weight, a.mean[r], a.rstd[r], n, gw, gb, [&](int64_t j, F dh) {
       store(a.grad_h + r * n + j, dh, n - j);
       if (bits) {
         dh = keep_only(keep(bits + j, threshold), dh * scale);
         store(a.grad_x + r * n + j, dh, n - j);
       }
       if (a.grad_input_bias) store(gib + j, load(gib + j) + keep_only(first_lanes(n - j), dh));
-    }
+    });
   }
 }
