@@ -25,7 +25,7 @@ struct AttentionArgs {
   Rows<const T> q, k, v;
   Rows<const T> out;          // backward: the forward's output
   Rows<const T> grad_out;     // backward
-  Rows<T> result;             // forward: the output; backward: dq
+  Rows<T> result;             // forward: the output; backward: dq   (these are contiguous [.., H, D])
   Rows<T> dk, dv;             // backward
   float* lse;                 // log-sum-exp of each query row's scaled scores (0 on padded rows):
   int64_t lse_seq, lse_head;  //   lse[b*lse_seq + h*lse_head + t]; the forward writes it, the backward reads it

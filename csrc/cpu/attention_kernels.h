@@ -30,13 +30,23 @@ inline void gemm_tile(int64_t K, const float* a, int64_t am, int64_t ak, const f
     for (int v = 0; v < NV; ++v) store(c + r * ldc + v * W, acc[r][v]);
 }
 
+// The last M % MR rows in one tile of exactly that height (R < MR), so no row runs alone.
+template <int R, int NV>
+inline void gemm_rest(int64_t rest, int64_t K, const float* a, int64_t am, int64_t ak, const float* b, int64_t ldb,
+                      float* c, int64_t ldc, bool accumulate) {
+  if constexpr (R > 0) {
+    if (rest == R) return gemm_tile<R, NV>(K, a, am, ak, b, ldb, c, ldc, accumulate);
+    gemm_rest<R - 1, NV>(rest, K, a, am, ak, b, ldb, c, ldc, accumulate);
+  }
+}
+
 template <int NV>
 inline void gemm_columns(int64_t M, int64_t K, const float* a, int64_t am, int64_t ak, const float* b, int64_t ldb,
                          float* c, int64_t ldc, bool accumulate) {
   constexpr int MR = NV >= 3 ? 4 : (NV == 2 && W == 8 ? 4 : 8);  // MR * NV accumulators fit the register file
   int64_t m = 0;
   for (; m + MR <= M; m += MR) gemm_tile<MR, NV>(K, a + m * am, am, ak, b, ldb, c + m * ldc, ldc, accumulate);
-  for (; m < M; ++m) gemm_tile<1, NV>(K, a + m * am, am, ak, b, ldb, c + m * ldc, ldc, accumulate);
+  gemm_rest<MR - 1, NV>(M - m, K, a + m * am, am, ak, b, ldb, c + m * ldc, ldc, accumulate);
 }
 
 inline void gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t am, int64_t ak, const float* b, int64_t ldb,
@@ -104,10 +114,10 @@ void store_rows(const float* src, int64_t ld, int64_t rows, int64_t D, float sca
     for (int64_t d = 0; d < D; d += W) store(dst + r * tok + d, load(src + r * ld + d) * set1(scale), D - d);
 }
 
+// Tokens L .. S - 1 of padded sequence b, every head: one block, as outputs are contiguous (tok = H D).
 template <class T>
-void zero_rows(T* dst, int64_t tok, int64_t rows, int64_t D) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t d = 0; d < D; d += W) store(dst + r * tok + d, zero(), D - d);
+void zero_padding(const Rows<T>& out, int64_t b, int64_t L, int64_t S, int64_t row) {
+  std::memset(static_cast<void*>(out.at(b, L, 0)), 0, (S - L) * row * sizeof(T));
 }
 
 // Scores -> probabilities in place over the first L entries (lanes past L become 0); returns the log-sum-exp.
@@ -175,7 +185,7 @@ void attention_forward_tasks(const AttentionArgs<T>& a, int64_t max_len) {
       store_rows(o.get(), Dp, bq, D, 1.0f, a.result.at(b, start + q0, h), a.result.tok);
     }
     if (a.seqlens) {  // padding rows: zeros
-      zero_rows(a.result.at(b, L, h), a.result.tok, a.padded_len - L, D);
+      if (h == 0) zero_padding(a.result, b, L, a.padded_len, H * D);
       std::fill(a.lse + b * a.lse_seq + h * a.lse_head + L, a.lse + b * a.lse_seq + h * a.lse_head + a.padded_len, 0.0f);
     }
   }
@@ -245,8 +255,8 @@ void attention_backward_tasks(const AttentionArgs<T>& a, int64_t max_len) {
       store_rows(dk.get(), Dp, L, D, 1.0f, a.dk.at(b, start, h), a.dk.tok);
       store_rows(dv.get(), Dp, L, D, 1.0f, a.dv.at(b, start, h), a.dv.tok);
     }
-    if (a.seqlens) {
-      for (const Rows<T>* g : {&a.result, &a.dk, &a.dv}) zero_rows(g->at(b, L, h), g->tok, a.padded_len - L, D);
+    if (a.seqlens && h == 0) {
+      for (const Rows<T>* g : {&a.result, &a.dk, &a.dv}) zero_padding(*g, b, L, a.padded_len, H * D);
     }
   }
 }

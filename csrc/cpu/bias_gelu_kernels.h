@@ -8,7 +8,7 @@ template <bool Tanh>
 inline F gelu(F h) {
   if constexpr (Tanh) {
     const F u = set1(kSqrt2OverPi) * fma(set1(kKappa) * h, h * h, h);
-    return h / (set1(1.0f) + exp(set1(-2.0f) * u));
+    return h * reciprocal(set1(1.0f) + exp(set1(-2.0f) * u));
   } else {
     return h * normal_cdf(h);
   }
@@ -18,11 +18,11 @@ template <bool Tanh>
 inline F gelu_grad(F h) {
   if constexpr (Tanh) {
     const F h2 = h * h, u = set1(kSqrt2OverPi) * fma(set1(kKappa) * h, h2, h);
-    const F s = set1(1.0f) / (set1(1.0f) + exp(set1(-2.0f) * u));
+    const F s = reciprocal(set1(1.0f) + exp(set1(-2.0f) * u));
     const F du = set1(kSqrt2OverPi) * fma(set1(3.0f * kKappa), h2, set1(1.0f));
     return fma(set1(2.0f) * h * s * (set1(1.0f) - s), du, s);
   } else {
-    const F a = abs(h) * set1(0.70710678118654752f), t = set1(1.0f) / fma(a, set1(0.5f), set1(1.0f));
+    const F a = abs(h) * set1(0.70710678118654752f), t = reciprocal(fma(a, set1(0.5f), set1(1.0f)));
     const F e = exp(-(a * a));  // exp(-h^2 / 2): the normal density's and erfc's common factor
     const F half_erfc = set1(0.5f) * t * e * exp(erfc_poly(t));
     const F cdf = select(less(h, zero()), half_erfc, set1(1.0f) - half_erfc);

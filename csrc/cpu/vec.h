@@ -33,8 +33,10 @@ inline F max(F a, F b) { return _mm512_max_ps(a, b); }
 inline F min(F a, F b) { return _mm512_min_ps(a, b); }
 inline F abs(F a) { return _mm512_abs_ps(a); }
 inline F round(F a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-inline F pow2(F n) {  // 2^n for integral n in [-126, 127]
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
+inline F times_pow2(F x, F n) { return _mm512_scalef_ps(x, n); }  // x 2^n for integral n in [-126, 127]
+inline F reciprocal(F x) {  // 1 / x to ~1 ulp: the 14-bit estimate and one Newton step
+  const F r = _mm512_rcp14_ps(x);
+  return r * _mm512_fnmadd_ps(x, r, _mm512_set1_ps(2.0f));
 }
 inline float reduce_add(F v) { return _mm512_reduce_add_ps(v); }
 inline float reduce_max(F v) { return _mm512_reduce_max_ps(v); }
@@ -70,7 +72,8 @@ inline void split_words(I w, const f16*, F& even, F& odd) {
 }
 
 inline I set1_u32(uint32_t v) { return _mm512_set1_epi32(static_cast<int>(v)); }
-inline I load_u32(const uint32_t* p) { return _mm512_loadu_si512(p); }
+inline I add_u32(I a, I b) { return _mm512_add_epi32(a, b); }
+inline I lane_index() { return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
 // (hi, lo) 32-bit halves of a * b, lane by lane.
 inline void mulhilo(I a, I b, I& hi, I& lo) {
   const I even = _mm512_mul_epu32(a, b), odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), b);
@@ -126,9 +129,10 @@ inline F max(F a, F b) { return _mm256_max_ps(a, b); }
 inline F min(F a, F b) { return _mm256_min_ps(a, b); }
 inline F abs(F a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
 inline F round(F a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-inline F pow2(F n) {
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+inline F times_pow2(F x, F n) {
+  return x * _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
 }
+inline F reciprocal(F x) { return _mm256_set1_ps(1.0f) / x; }  // (the 12-bit estimate + Newton is ~2 ulp off)
 inline float reduce_add(F v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -171,7 +175,8 @@ inline void split_words(I w, const f16*, F& even, F& odd) {
 }
 
 inline I set1_u32(uint32_t v) { return _mm256_set1_epi32(static_cast<int>(v)); }
-inline I load_u32(const uint32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+inline I add_u32(I a, I b) { return _mm256_add_epi32(a, b); }
+inline I lane_index() { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
 inline void mulhilo(I a, I b, I& hi, I& lo) {
   const I even = _mm256_mul_epu32(a, b), odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), b);
   hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
@@ -221,7 +226,7 @@ inline F exp(F x) {
   p = fma(p, r, set1(1.6666665459e-1f));
   p = fma(p, r, set1(5.0000001201e-1f));
   p = fma(p, r * r, r + set1(1.0f));
-  return p * pow2(n);
+  return times_pow2(p, n);
 }
 
 // erfc(a) for a >= 0, relative error < 1.2e-7 before fp32 rounding (Numerical Recipes' erfcc, a Chebyshev
@@ -239,7 +244,7 @@ inline F erfc_poly(F t) {
   return fma(p, t, set1(-1.26551223f));
 }
 inline F erfc_nonneg(F a) {
-  const F t = set1(1.0f) / fma(a, set1(0.5f), set1(1.0f));
+  const F t = reciprocal(fma(a, set1(0.5f), set1(1.0f)));
   return t * exp(fma(-a, a, erfc_poly(t)));
 }
 
@@ -253,22 +258,29 @@ inline F normal_cdf(F x) {
 // (rounded up to a multiple of W counters: `out` holds round_up(count, W) * 8 values).
 inline void philox_bits16(uint64_t seed, uint64_t first, int64_t count, uint16_t* out) {
   using namespace philox;
-  alignas(64) uint32_t lo[W], hi[W];
+  I k0[kRounds], k1[kRounds];  // the key schedule
+  for (int r = 0; r < kRounds; ++r) {
+    k0[r] = set1_u32(static_cast<uint32_t>(seed) + r * kKeyA);
+    k1[r] = set1_u32(static_cast<uint32_t>(seed >> 32) + r * kKeyB);
+  }
+  const I ma = set1_u32(kRoundA), mb = set1_u32(kRoundB);
   for (int64_t j = 0; j < count; j += W) {
-    for (int l = 0; l < W; ++l) {
-      const uint64_t c = first + j + l;
-      lo[l] = static_cast<uint32_t>(c);
-      hi[l] = static_cast<uint32_t>(c >> 32);
+    const uint64_t c = first + j;
+    I c0 = add_u32(set1_u32(static_cast<uint32_t>(c)), lane_index()), c1 = set1_u32(static_cast<uint32_t>(c >> 32));
+    if (static_cast<uint32_t>(c) > 0xFFFFFFFFu - (W - 1)) {  // the low words wrap inside this vector: rare
+      alignas(64) uint32_t lo[W], hi[W];
+      for (int l = 0; l < W; ++l) lo[l] = static_cast<uint32_t>(c + l), hi[l] = static_cast<uint32_t>((c + l) >> 32);
+      std::memcpy(&c0, lo, sizeof c0);
+      std::memcpy(&c1, hi, sizeof c1);
     }
-    I c0 = load_u32(lo), c1 = load_u32(hi), c2 = set1_u32(0), c3 = set1_u32(0);
-    uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-    const I ma = set1_u32(kRoundA), mb = set1_u32(kRoundB);
-    for (int r = 0; r < kRounds; ++r, k0 += kKeyA, k1 += kKeyB) {
+    I c2 = set1_u32(0), c3 = set1_u32(0);
+#pragma GCC unroll 10
+    for (int r = 0; r < kRounds; ++r) {
       I hi_a, lo_a, hi_b, lo_b;
       mulhilo(c0, ma, hi_a, lo_a);
       mulhilo(c2, mb, hi_b, lo_b);
-      c0 = hi_b ^ c1 ^ set1_u32(k0);
-      c2 = hi_a ^ c3 ^ set1_u32(k1);
+      c0 = hi_b ^ c1 ^ k0[r];
+      c2 = hi_a ^ c3 ^ k1[r];
       c1 = lo_b;
       c3 = lo_a;
     }
