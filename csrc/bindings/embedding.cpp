@@ -85,8 +85,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> embedding
   const at::Tensor g = grad_out.contiguous(), w = vector_f32(op, "weight", weight, n);
   const at::Tensor mu = mean.contiguous(), rs = rstd.contiguous();
   const auto f32 = word.options().dtype(at::kFloat);
-  at::Tensor grad_word = at::zeros(word.sizes(), f32), grad_type = at::zeros(token_type.sizes(), f32);
-  at::Tensor grad_pos = at::zeros(position.sizes(), f32), gw = at::empty({n}, f32), gb = at::empty({n}, f32);
+  at::Tensor grad_word = at::empty_like(word), grad_type = at::empty_like(token_type);
+  at::Tensor grad_pos = at::empty_like(position), gw = at::empty({n}, f32), gb = at::empty({n}, f32);
   dispatch_float(op, word.scalar_type(), [&](auto t) {
     using T = decltype(t);
     cpu::EmbeddingLayerNormArgs<T> args{};
@@ -94,8 +94,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> embedding
     args.position_ids = pos.data_ptr<int64_t>();
     args.word = ptr<T>(word), args.token_type = ptr<T>(token_type), args.position = ptr<T>(position);
     args.weight = ptr<float>(w), args.grad_out = ptr<T>(g), args.mean = ptr<float>(mu), args.rstd = ptr<float>(rs);
-    args.grad_word = ptr<float>(grad_word), args.grad_token_type = ptr<float>(grad_type);
-    args.grad_position = ptr<float>(grad_pos), args.grad_weight = ptr<float>(gw), args.grad_bias = ptr<float>(gb);
+    args.grad_word = ptr<T>(grad_word), args.grad_token_type = ptr<T>(grad_type), args.grad_position = ptr<T>(grad_pos);
+    args.grad_weight = ptr<float>(gw), args.grad_bias = ptr<float>(gb);
+    args.vocab = word.size(0), args.types = token_type.size(0), args.positions = position.size(0);
     args.rows = rows, args.n = n, args.dropout_p = dropout_p, args.seed = static_cast<uint64_t>(seed);
     args.padding_idx = padding_idx;
     cpu::embedding_layer_norm_backward(args);

@@ -15,8 +15,9 @@ struct EmbeddingLayerNormArgs {
   T* out;                     // forward: [rows, n]
   const T* grad_out;          // backward: [rows, n]
   float *mean, *rstd;         // [rows]: the forward writes them, the backward reads them
-  float *grad_word, *grad_token_type, *grad_position;  // backward: zero-filled [*, n] tables, accumulated into
-  float *grad_weight, *grad_bias;                      // backward: [n]
+  T *grad_word, *grad_token_type, *grad_position;  // backward: the tables' gradients, every row written
+  float *grad_weight, *grad_bias;                  // backward: [n]
+  int64_t vocab, types, positions;                 // rows of the word, token type and position tables
   int64_t rows, n;
   float eps;
   double dropout_p;

@@ -53,14 +53,30 @@ void embedding_layer_norm_backward_rows(const EmbeddingLayerNormArgs<T>& a, int6
   }
 }
 
-// grad[ids[r]] += dh[r] for the rows whose table row this thread owns (id % threads == thread): no two
-// threads touch one table row, and each row's sum runs in token order (deterministic).
-inline void scatter_add_rows(const int64_t* ids, int64_t rows, const float* dh, int64_t n, float* grad, int64_t skip,
-                             int64_t thread, int64_t threads) {
+// The rows of d(loss)/d(sum) that hit one table row, summed in token order into the row of their first
+// token: sums[first[id]] = sum of dh[r] over r with ids[r] = id. A thread handles the ids it owns
+// (id % threads == thread), so no two threads touch one table row; first[] starts at -1.
+inline void sum_rows_by_id(const int64_t* ids, int64_t rows, const float* dh, int64_t n, int64_t* first, float* sums,
+                           int64_t thread, int64_t threads) {
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t id = ids[r];
-    if (id % threads != thread || id == skip) continue;
-    float* dst = grad + id * n;
+    if (id % threads != thread) continue;
+    if (first[id] < 0) {
+      first[id] = r;
+      std::memcpy(sums + r * n, dh + r * n, n * sizeof(float));
+      continue;
+    }
+    float* dst = sums + first[id] * n;
     for (int64_t j = 0; j < n; j += W) store(dst + j, load(dst + j, n - j) + load(dh + r * n + j, n - j), n - j);
+  }
+}
+
+// Table rows id0 .. id1 - 1 of the gradient: the summed rows, zeros where no token (or the skipped row).
+template <class T>
+void write_table_grad(const int64_t* first, const float* sums, int64_t n, int64_t id0, int64_t id1, int64_t skip,
+                      T* grad) {
+  for (int64_t id = id0; id < id1; ++id) {
+    const float* src = first[id] >= 0 && id != skip ? sums + first[id] * n : nullptr;
+    for (int64_t j = 0; j < n; j += W) store(grad + id * n + j, src ? load(src + j, n - j) : zero(), n - j);
   }
 }

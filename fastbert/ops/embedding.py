@@ -13,8 +13,10 @@ of one dtype:
       -> (out [rows, N] word.dtype, mean [rows] fp32, rstd [rows] fp32)
   embedding_layer_norm_backward(grad_out, input_ids, token_type_ids, position_ids, word, token_type, position,
                                 weight, mean, rstd, dropout_p, seed, padding_idx)
-      -> (grad_word, grad_token_type, grad_position: fp32, the tables' shapes; grad_weight, grad_bias fp32 [N])
-     The backward recomputes the sum from the tables (nothing [rows, N] is saved); padding_idx < 0: none.
+      -> (grad_word, grad_token_type, grad_position: the tables' shapes and dtype, summed in fp32;
+          grad_weight, grad_bias fp32 [N])
+     The backward recomputes the sum from the tables (nothing [rows, N] is saved) and writes each table
+     gradient once; padding_idx < 0: none.
 """
 from __future__ import annotations
 
@@ -106,13 +108,15 @@ def _backward(grad_out: torch.Tensor, input_ids: torch.Tensor, token_type_ids: t
 def _(grad_out, input_ids, token_type_ids, position_ids, word, token_type, position, weight, mean, rstd, dropout_p,
       seed, padding_idx):
     f32 = lambda t: t.new_empty(t.shape, dtype=torch.float32)  # noqa: E731
-    return f32(word), f32(token_type), f32(position), f32(weight), f32(weight)
+    return torch.empty_like(word), torch.empty_like(token_type), torch.empty_like(position), f32(weight), f32(weight)
 
 
 def _setup_context(ctx, inputs, output):
     input_ids, token_type_ids, position_ids, word, token_type, position, weight, bias, eps, p, seed, pad = inputs
     _, mean, rstd = output
     ctx.save_for_backward(input_ids, token_type_ids, position_ids, word, token_type, position, weight, mean, rstd)
+    ctx.mark_non_differentiable(mean, rstd)  # saved for the backward only: autograd makes no zero grads for them
+    ctx.set_materialize_grads(False)
     ctx.args = (p, seed, pad)
     ctx.bias_dtype = bias.dtype
 
@@ -121,8 +125,8 @@ def _autograd_backward(ctx, grad_out, _grad_mean, _grad_rstd):
     input_ids, token_type_ids, position_ids, word, token_type, position, weight, mean, rstd = ctx.saved_tensors
     g_word, g_type, g_pos, g_w, g_b = _backward(grad_out.contiguous(), input_ids, token_type_ids, position_ids, word,
                                                 token_type, position, weight, mean, rstd, *ctx.args)
-    return (None, None, None, g_word.to(word.dtype), g_type.to(token_type.dtype), g_pos.to(position.dtype),
-            g_w.to(weight.dtype), g_b.to(ctx.bias_dtype), None, None, None, None)
+    return (None, None, None, g_word, g_type, g_pos, g_w.to(weight.dtype), g_b.to(ctx.bias_dtype), None, None, None,
+            None)
 
 
 _forward.register_autograd(_autograd_backward, setup_context=_setup_context)
