@@ -45,7 +45,8 @@ void check_seqlens(const char* op, const at::Tensor& seqlens, int64_t batch, int
 void check_cu_seqlens(const char* op, const at::Tensor& cu, int64_t total) {
   check_cpu(op, "cu_seqlens", cu);
   TORCH_CHECK(cu.scalar_type() == at::kInt && cu.dim() == 1 && cu.numel() >= 1, op,
-              ": cu_seqlens must be a 1-D int32 tensor with at least one entry, got ", cu.scalar_type(), " ", cu.sizes());
+              ": cu_seqlens must be a 1-D int32 tensor with at least one entry, got ", cu.scalar_type(), " ",
+              cu.sizes());
   const at::Tensor cc = cu.contiguous();
   const auto* c = cc.data_ptr<int32_t>();
   TORCH_CHECK(c[0] == 0 && c[cu.numel() - 1] == total, op, ": cu_seqlens must rise from 0 to total_tokens=", total);

@@ -14,7 +14,8 @@ at::Tensor indices(const char* op, const char* name, const at::Tensor& ids, int6
   at::Tensor out = ids.to(at::kLong).contiguous();
   if (tokens) {
     const int64_t lo = out.min().item<int64_t>(), hi = out.max().item<int64_t>();
-    TORCH_CHECK(lo >= 0 && hi < rows, op, ": ", name, " must lie in [0, ", rows, "), got values in [", lo, ", ", hi, "]");
+    TORCH_CHECK(lo >= 0 && hi < rows, op, ": ", name, " must lie in [0, ", rows, "), got values in [", lo, ", ", hi,
+                "]");
   }
   return out;
 }

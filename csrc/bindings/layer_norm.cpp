@@ -62,7 +62,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_nor
   const at::Tensor mu = mean.contiguous(), rs = rstd.contiguous();
   at::Tensor grad_h = at::empty_like(h), grad_x = dropout_p > 0 ? at::empty_like(h) : h.new_empty({0});
   const auto f32 = h.options().dtype(at::kFloat);
-  at::Tensor gw = at::empty({n}, f32), gb = at::empty({n}, f32), gib = has_input_bias ? at::empty({n}, f32) : h.new_empty({0});
+  at::Tensor gw = at::empty({n}, f32), gb = at::empty({n}, f32);
+  at::Tensor gib = has_input_bias ? at::empty({n}, f32) : h.new_empty({0});
   dispatch_float(op, h.scalar_type(), [&](auto t) {
     using T = decltype(t);
     cpu::layer_norm_backward(cpu::LayerNormBackward<T>{

@@ -186,7 +186,8 @@ void attention_forward_tasks(const AttentionArgs<T>& a, int64_t max_len) {
     }
     if (a.seqlens) {  // padding rows: zeros
       if (h == 0) zero_padding(a.result, b, L, a.padded_len, H * D);
-      std::fill(a.lse + b * a.lse_seq + h * a.lse_head + L, a.lse + b * a.lse_seq + h * a.lse_head + a.padded_len, 0.0f);
+      float* lse = a.lse + b * a.lse_seq + h * a.lse_head;
+      std::fill(lse + L, lse + a.padded_len, 0.0f);
     }
   }
 }

@@ -18,10 +18,9 @@ inline F load(const bf16* p) {
 }
 inline F load(const f16* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
 inline void store(float* p, F v) { _mm512_storeu_ps(p, v); }
-inline void store(bf16* p, F v) {
-  const I u = _mm512_castps_si512(v);  // round to nearest even, NaN stays a (quiet) NaN
-  I r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF),
-                                                                 _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)))), 16);
+inline void store(bf16* p, F v) {  // round to nearest even; NaN stays a (quiet) NaN
+  const I u = _mm512_castps_si512(v), lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  I r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
   r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
 }
@@ -114,10 +113,9 @@ inline void store(float* p, F v) { _mm256_storeu_ps(p, v); }
 inline __m128i narrow_u16(I w) {  // 8 x u32 < 2^16 -> 8 x u16
   return _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(w, w), 0x08));
 }
-inline void store(bf16* p, F v) {
-  const I u = _mm256_castps_si256(v);  // round to nearest even, NaN stays a (quiet) NaN
-  I r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF),
-                                                                 _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1)))), 16);
+inline void store(bf16* p, F v) {  // round to nearest even; NaN stays a (quiet) NaN
+  const I u = _mm256_castps_si256(v), lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  I r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
   r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), narrow_u16(r));
 }
@@ -130,9 +128,10 @@ inline F min(F a, F b) { return _mm256_min_ps(a, b); }
 inline F abs(F a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
 inline F round(F a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 inline F times_pow2(F x, F n) {
-  return x * _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+  const I biased = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+  return x * _mm256_castsi256_ps(_mm256_slli_epi32(biased, 23));
 }
-inline F reciprocal(F x) { return _mm256_set1_ps(1.0f) / x; }  // (the 12-bit estimate + Newton is ~2 ulp off)
+inline F reciprocal(F x) { return _mm256_set1_ps(1.0f) / x; }  // (the 12-bit estimate + Newton: ~2 ulp off)
 inline float reduce_add(F v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -150,8 +149,8 @@ inline Mask first_lanes(int64_t n) {
   const I lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<int64_t>(n, W))), lane));
 }
-inline Mask keep(const uint16_t* bits, uint32_t threshold) {
-  const I b = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bits)));  // < 2^16: signed compare is exact
+inline Mask keep(const uint16_t* bits, uint32_t threshold) {  // values < 2^16: a signed compare is exact
+  const I b = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bits)));
   return _mm256_castsi256_ps(_mm256_cmpgt_epi32(b, _mm256_set1_epi32(static_cast<int>(threshold) - 1)));
 }
 

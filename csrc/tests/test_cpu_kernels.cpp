@@ -74,8 +74,9 @@ static void attention_dropout_mask() {
           for (int64_t j = 0; j < L; ++j) {
             const bool keep = philox::bits16(seed, philox::attention_index(s, H, hh, i, j)) >= philox::threshold(p);
             const float got = out[((s * S + i) * H + hh) * D + j];
-            CHECK(std::fabs(got - (keep ? scale : 0.0f)) < 1e-6f, "attention mask (packed %d) seq %ld head %ld (%ld, %ld): %g",
-                  packed, long(s), long(hh), long(i), long(j), got);
+            CHECK(std::fabs(got - (keep ? scale : 0.0f)) < 1e-6f,
+                  "attention mask (packed %d) seq %ld head %ld (%ld, %ld): %g", packed, long(s), long(hh), long(i),
+                  long(j), got);
           }
     if (!packed) CHECK(out[((0 * S + L) * H + 0) * D] == 0.0f, "padded rows are zero");
   }

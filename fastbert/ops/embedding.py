@@ -52,6 +52,10 @@ def embedding_layer_norm(input_ids: torch.Tensor, token_type_ids: torch.Tensor, 
     for name, t in (("token_type_ids", token_type_ids), ("position_ids", position_ids)):
         _checks.tensor(op, name, t, dtypes=_INDEX_DTYPES, device=word.device, shape=tuple(input_ids.shape))
     _checks.dropout_p(op, dropout_p)
+    if padding_idx is not None:
+        if not -word.shape[0] <= padding_idx < word.shape[0]:
+            raise ValueError(f"{op}: padding_idx {padding_idx} is outside the word table ({word.shape[0]} rows)")
+        padding_idx %= word.shape[0]  # as nn.Embedding: -1 is the last row
     seed = philox.draw_seed(generator) if dropout_p > 0 else 0
     impl = backend.resolve(op, word.device, KERNELS)
     if impl == "reference":
@@ -83,8 +87,8 @@ def embedding_layer_norm_reference(input_ids, token_type_ids, position_ids, word
 def _forward(input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor, word: torch.Tensor,
              token_type: torch.Tensor, position: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
              dropout_p: float, seed: int, padding_idx: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return tuple(torch.ops.fastbert_C.embedding_layer_norm_forward(input_ids, token_type_ids, position_ids, word, token_type,
-                                                             position, weight, bias, eps, dropout_p, seed))
+    return tuple(torch.ops.fastbert_C.embedding_layer_norm_forward(
+        input_ids, token_type_ids, position_ids, word, token_type, position, weight, bias, eps, dropout_p, seed))
 
 
 @_forward.register_fake
@@ -99,9 +103,9 @@ def _backward(grad_out: torch.Tensor, input_ids: torch.Tensor, token_type_ids: t
               position_ids: torch.Tensor, word: torch.Tensor, token_type: torch.Tensor, position: torch.Tensor,
               weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, dropout_p: float, seed: int,
               padding_idx: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return tuple(torch.ops.fastbert_C.embedding_layer_norm_backward(grad_out, input_ids, token_type_ids, position_ids, word,
-                                                              token_type, position, weight, mean, rstd, dropout_p,
-                                                              seed, padding_idx))
+    return tuple(torch.ops.fastbert_C.embedding_layer_norm_backward(
+        grad_out, input_ids, token_type_ids, position_ids, word, token_type, position, weight, mean, rstd, dropout_p,
+        seed, padding_idx))
 
 
 @_backward.register_fake

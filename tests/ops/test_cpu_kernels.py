@@ -239,7 +239,8 @@ def test_embedding_layer_norm(isa, tokens, n, p, dtype, tol):
 def test_embedding_index_out_of_range_is_an_error():
     word, pos, types = torch.randn(10, 8), torch.randn(4, 8), torch.randn(2, 8)
     ids = torch.tensor([1, 2, 10])
-    with use_backend("cpu"), pytest.raises(RuntimeError, match=r"input_ids must lie in \[0, 10\), got values in \[1, 10\]"):
+    error = r"input_ids must lie in \[0, 10\), got values in \[1, 10\]"
+    with use_backend("cpu"), pytest.raises(RuntimeError, match=error):
         ops.embedding_layer_norm(ids, torch.zeros(3, dtype=torch.long), torch.arange(3), word, types, pos,
                                  torch.ones(8), torch.zeros(8))
 
