@@ -44,12 +44,30 @@ def cpu():
     try:
         from torch.utils import cpp_extension
 
-        return cpp_extension.load(name="fastbert_C", sources=sources, extra_cflags=_build.CXX_FLAGS,
-                                  extra_ldflags=_build.LD_FLAGS, extra_include_paths=[_build.CSRC])
+        build_dir = cpp_extension._get_build_directory("fastbert_C", verbose=False)
+        return cpp_extension.load(name="fastbert_C", sources=_uniquely_named(sources, build_dir),
+                                  extra_cflags=_build.CXX_FLAGS, extra_ldflags=_build.LD_FLAGS,
+                                  extra_include_paths=[_build.CSRC], build_directory=build_dir)
     except Exception as e:  # noqa: BLE001 - any build failure means: no extension, say why
         _error = f"{missing}; JIT build failed: {str(e).strip().splitlines()[-1] if str(e).strip() else e!r}"
         _warn(_error + "; using the other backends")
         return None
+
+
+def _uniquely_named(sources: list[str], build_dir: str) -> list[str]:
+    """cpp_extension.load names each object after its source's file name, so csrc/cpu/<op>.cpp and
+    csrc/bindings/<op>.cpp would collide: compile them through one-line files named cpu_<op>.cpp etc."""
+    out = []
+    for src in sources:
+        rel = os.path.relpath(src, _build.CSRC)
+        path = os.path.join(build_dir, "sources", rel.replace(os.sep, "_"))
+        text = f'#include "{os.path.abspath(src)}"\n'
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if not os.path.exists(path) or open(path, encoding="utf-8").read() != text:  # unchanged: no rebuild
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+        out.append(path)
+    return out
 
 
 @functools.cache
