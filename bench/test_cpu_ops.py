@@ -5,6 +5,10 @@ the CS224N tasks), hidden 384, 12 heads of 32, intermediate 1536, dropout 0.1.
 Each op runs forward, backward (of a fixed graph) and forward+backward; extra_info holds the ideal bytes
 moved (each tensor read or written once) and GB/s against it; attention also its useful GFLOP/s (real
 tokens only: eager attention also multiplies padding). Compare impls within one group, from one run.
+
+On a shared, oversubscribed machine multi-threaded wall-clock medians measure the scheduler (a parallel
+region waits for a descheduled thread's next time slice); the CPU work of each impl is then compared with
+  OMP_NUM_THREADS=1 pytest bench/test_cpu_ops.py --benchmark-only --benchmark-timer=time.process_time
 """
 import math
 
