@@ -48,9 +48,11 @@ class BertEmbeddings(nn.Module):
         self.dropout = config.hidden_dropout_prob
 
     def forward(self, input_ids, token_type_ids, position_ids):
-        h = (self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
-             + self.position_embeddings(position_ids))
-        return F.dropout(self.LayerNorm(h), self.dropout, self.training)
+        """dropout(LayerNorm(word + token type + position embeddings)), one fused op."""
+        return ops.embedding_layer_norm(
+            input_ids, token_type_ids, position_ids, self.word_embeddings.weight, self.token_type_embeddings.weight,
+            self.position_embeddings.weight, self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps,
+            dropout_p=self.dropout if self.training else 0.0, padding_idx=self.word_embeddings.padding_idx)
 
 
 class BertAddNorm(nn.Module):

@@ -30,7 +30,7 @@ import torch
 from fastbert import backend
 from fastbert.ops import _checks, padding, philox
 
-KERNELS = ("triton",)  # backends with kernels for this op: "triton", "cpu"
+KERNELS = ("triton", "cpu")
 
 
 def _resolve(op, q):
@@ -153,6 +153,8 @@ def _(grad_out, q, k, v, out, lse, seqlens, scale, dropout_p, seed, impl):
 def _setup_context(ctx, inputs, output):
     q, k, v, seqlens, scale, dropout_p, seed, impl = inputs
     ctx.save_for_backward(q, k, v, output[0], output[1], seqlens)
+    ctx.mark_non_differentiable(output[1])  # lse, saved for the backward only: autograd makes no zero grad for it
+    ctx.set_materialize_grads(False)
     ctx.args = (scale, dropout_p, seed, impl)
 
 
@@ -195,6 +197,8 @@ def _(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, dropout_p, see
 def _varlen_setup_context(ctx, inputs, output):
     q, k, v, cu_seqlens, max_seqlen, scale, dropout_p, seed, impl = inputs
     ctx.save_for_backward(q, k, v, output[0], output[1], cu_seqlens)
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
     ctx.args = (max_seqlen, scale, dropout_p, seed, impl)
 
 

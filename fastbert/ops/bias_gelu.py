@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from fastbert import backend
 from fastbert.ops import _checks
 
-KERNELS = ("triton",)  # backends with kernels for this op: "triton", "cpu"
+KERNELS = ("triton", "cpu")
 APPROXIMATIONS = ("none", "tanh")
 
 

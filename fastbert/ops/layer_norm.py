@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from fastbert import backend
 from fastbert.ops import _checks, philox
 
-KERNELS = ("triton",)  # backends with kernels for this op: "triton", "cpu"
+KERNELS = ("triton", "cpu")
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-12, *,
@@ -106,6 +106,8 @@ def _setup_context(ctx, inputs, output):
     x, weight, bias, residual, input_bias, eps, dropout_p, seed, impl = inputs
     _, h, mean, rstd = output
     ctx.save_for_backward(h if h.numel() else x, weight, mean, rstd)
+    ctx.mark_non_differentiable(h, mean, rstd)  # saved for the backward only: autograd makes no zero grads for them
+    ctx.set_materialize_grads(False)
     ctx.args = (dropout_p, seed, input_bias is not None, impl)
     ctx.dtypes = (x.dtype, None if residual is None else residual.dtype, weight.dtype, bias.dtype,
                   None if input_bias is None else input_bias.dtype)

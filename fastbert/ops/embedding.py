@@ -1,0 +1,136 @@
+"""embedding_layer_norm: dropout(LayerNorm(word[ids] + token_type[types] + position[positions])), BERT's
+embedding layer in one op.
+
+The three lookups, their sum, the norm and the dropout after it in one pass over the output; fp32 math,
+output in the tables' dtype. Dropout follows fastbert.ops.philox (row-wise site over the [tokens, hidden]
+output) on every backend. Gradients reach the three tables (dense, as nn.Embedding's; the word row
+`padding_idx`, if given, gets none), the norm's weight and bias.
+
+Kernel contract (CPU: torch.ops.fastbert_C), on flat token indices ([rows] int64) and contiguous [*, N] tables
+of one dtype:
+  embedding_layer_norm_forward(input_ids, token_type_ids, position_ids, word, token_type, position, weight,
+                               bias, eps, dropout_p, seed)
+      -> (out [rows, N] word.dtype, mean [rows] fp32, rstd [rows] fp32)
+  embedding_layer_norm_backward(grad_out, input_ids, token_type_ids, position_ids, word, token_type, position,
+                                weight, mean, rstd, dropout_p, seed, padding_idx)
+      -> (grad_word, grad_token_type, grad_position: the tables' shapes and dtype, summed in fp32;
+          grad_weight, grad_bias fp32 [N])
+     The backward recomputes the sum from the tables (nothing [rows, N] is saved) and writes each table
+     gradient once; padding_idx < 0: none.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fastbert import backend
+from fastbert.ops import _checks, philox
+
+KERNELS = ("cpu",)
+_INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+def embedding_layer_norm(input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor,
+                         word: torch.Tensor, token_type: torch.Tensor, position: torch.Tensor, weight: torch.Tensor,
+                         bias: torch.Tensor, eps: float = 1e-12, *, dropout_p: float = 0.0,
+                         padding_idx: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """dropout(LayerNorm(word[input_ids] + token_type[token_type_ids] + position[position_ids])).
+
+    input_ids, token_type_ids, position_ids: integer tensors of one shape [...]; word, token_type, position:
+    [*, N] tables of one dtype; weight, bias: [N]. Returns [..., N] in the tables' dtype.
+    """
+    op = "embedding_layer_norm"
+    _checks.tensor(op, "word", word, dim=2)
+    n = word.shape[1]
+    for name, t in (("token_type", token_type), ("position", position)):
+        _checks.tensor(op, name, t, dim=2, dtypes=(word.dtype,), device=word.device)
+        if t.shape[1] != n:
+            raise ValueError(f"{op}: {name} has shape {list(t.shape)}; expected {n} columns as word")
+    for name, t in (("weight", weight), ("bias", bias)):
+        _checks.tensor(op, name, t, device=word.device, shape=(n,))
+    _checks.tensor(op, "input_ids", input_ids, dtypes=_INDEX_DTYPES, device=word.device)
+    for name, t in (("token_type_ids", token_type_ids), ("position_ids", position_ids)):
+        _checks.tensor(op, name, t, dtypes=_INDEX_DTYPES, device=word.device, shape=tuple(input_ids.shape))
+    _checks.dropout_p(op, dropout_p)
+    if padding_idx is not None:
+        if not -word.shape[0] <= padding_idx < word.shape[0]:
+            raise ValueError(f"{op}: padding_idx {padding_idx} is outside the word table ({word.shape[0]} rows)")
+        padding_idx %= word.shape[0]  # as nn.Embedding: -1 is the last row
+    seed = philox.draw_seed(generator) if dropout_p > 0 else 0
+    impl = backend.resolve(op, word.device, KERNELS)
+    if impl == "reference":
+        return embedding_layer_norm_reference(input_ids, token_type_ids, position_ids, word, token_type, position,
+                                              weight, bias, eps, dropout_p, seed, padding_idx)
+    flat = lambda t: t.reshape(-1).to(torch.int64)  # noqa: E731
+    out = _forward(flat(input_ids), flat(token_type_ids), flat(position_ids), word.contiguous(),
+                   token_type.contiguous(), position.contiguous(), weight.contiguous(), bias.contiguous(), eps,
+                   dropout_p, seed, -1 if padding_idx is None else padding_idx)[0]
+    return out.view(*input_ids.shape, n)
+
+
+def embedding_layer_norm_reference(input_ids, token_type_ids, position_ids, word, token_type, position, weight, bias,
+                                   eps, dropout_p=0.0, seed=0, padding_idx=None):
+    """Pure-PyTorch reference (fp32 math)."""
+    h = (F.embedding(input_ids, word, padding_idx).float() + F.embedding(token_type_ids, token_type).float()
+         + F.embedding(position_ids, position).float())
+    out = F.layer_norm(h, h.shape[-1:], weight.float(), bias.float(), eps)
+    if dropout_p > 0:
+        n = out.shape[-1]
+        keep = philox.keep_mask_rows(seed, dropout_p, out.numel() // n, n, out.device)
+        out = out * keep.view(out.shape) * (1.0 / (1.0 - dropout_p))
+    return out.to(word.dtype)
+
+
+# -- the kernels as torch custom ops (torch.compile traces them; autograd calls the backward kernel) --
+
+@torch.library.custom_op("fastbert::embedding_layer_norm_forward", mutates_args=())
+def _forward(input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor, word: torch.Tensor,
+             token_type: torch.Tensor, position: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+             dropout_p: float, seed: int, padding_idx: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return tuple(torch.ops.fastbert_C.embedding_layer_norm_forward(
+        input_ids, token_type_ids, position_ids, word, token_type, position, weight, bias, eps, dropout_p, seed))
+
+
+@_forward.register_fake
+def _(input_ids, token_type_ids, position_ids, word, token_type, position, weight, bias, eps, dropout_p, seed,
+      padding_idx):
+    stats = word.new_empty(input_ids.shape[0], dtype=torch.float32)
+    return word.new_empty(input_ids.shape[0], word.shape[1]), stats, torch.empty_like(stats)
+
+
+@torch.library.custom_op("fastbert::embedding_layer_norm_backward", mutates_args=())
+def _backward(grad_out: torch.Tensor, input_ids: torch.Tensor, token_type_ids: torch.Tensor,
+              position_ids: torch.Tensor, word: torch.Tensor, token_type: torch.Tensor, position: torch.Tensor,
+              weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, dropout_p: float, seed: int,
+              padding_idx: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return tuple(torch.ops.fastbert_C.embedding_layer_norm_backward(
+        grad_out, input_ids, token_type_ids, position_ids, word, token_type, position, weight, mean, rstd, dropout_p,
+        seed, padding_idx))
+
+
+@_backward.register_fake
+def _(grad_out, input_ids, token_type_ids, position_ids, word, token_type, position, weight, mean, rstd, dropout_p,
+      seed, padding_idx):
+    f32 = lambda t: t.new_empty(t.shape, dtype=torch.float32)  # noqa: E731
+    return torch.empty_like(word), torch.empty_like(token_type), torch.empty_like(position), f32(weight), f32(weight)
+
+
+def _setup_context(ctx, inputs, output):
+    input_ids, token_type_ids, position_ids, word, token_type, position, weight, bias, eps, p, seed, pad = inputs
+    _, mean, rstd = output
+    ctx.save_for_backward(input_ids, token_type_ids, position_ids, word, token_type, position, weight, mean, rstd)
+    ctx.mark_non_differentiable(mean, rstd)  # saved for the backward only: autograd makes no zero grads for them
+    ctx.set_materialize_grads(False)
+    ctx.args = (p, seed, pad)
+    ctx.bias_dtype = bias.dtype
+
+
+def _autograd_backward(ctx, grad_out, _grad_mean, _grad_rstd):
+    input_ids, token_type_ids, position_ids, word, token_type, position, weight, mean, rstd = ctx.saved_tensors
+    g_word, g_type, g_pos, g_w, g_b = _backward(grad_out.contiguous(), input_ids, token_type_ids, position_ids, word,
+                                                token_type, position, weight, mean, rstd, *ctx.args)
+    return (None, None, None, g_word, g_type, g_pos, g_w.to(weight.dtype), g_b.to(ctx.bias_dtype), None, None, None,
+            None)
+
+
+_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
