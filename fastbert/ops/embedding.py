@@ -6,8 +6,8 @@ output in the tables' dtype. Dropout follows fastbert.ops.philox (row-wise site 
 output) on every backend. Gradients reach the three tables (dense, as nn.Embedding's; the word row
 `padding_idx`, if given, gets none), the norm's weight and bias.
 
-Kernel contract (CPU: torch.ops.fastbert_C), on flat token indices ([rows] int64) and contiguous [*, N] tables
-of one dtype:
+Kernel contract (Triton: fastbert.kernels.embedding, CPU: torch.ops.fastbert_C), on flat token indices
+([rows] int64) and contiguous [*, N] tables of one dtype:
   embedding_layer_norm_forward(input_ids, token_type_ids, position_ids, word, token_type, position, weight,
                                bias, eps, dropout_p, seed)
       -> (out [rows, N] word.dtype, mean [rows] fp32, rstd [rows] fp32)
@@ -20,13 +20,15 @@ of one dtype:
 """
 from __future__ import annotations
 
+import importlib
+
 import torch
 import torch.nn.functional as F
 
 from fastbert import backend
 from fastbert.ops import _checks, philox
 
-KERNELS = ("cpu",)
+KERNELS = ("triton", "cpu")
 _INDEX_DTYPES = (torch.int32, torch.int64)
 
 
@@ -64,7 +66,7 @@ def embedding_layer_norm(input_ids: torch.Tensor, token_type_ids: torch.Tensor, 
     flat = lambda t: t.reshape(-1).to(torch.int64)  # noqa: E731
     out = _forward(flat(input_ids), flat(token_type_ids), flat(position_ids), word.contiguous(),
                    token_type.contiguous(), position.contiguous(), weight.contiguous(), bias.contiguous(), eps,
-                   dropout_p, seed, -1 if padding_idx is None else padding_idx)[0]
+                   dropout_p, seed, -1 if padding_idx is None else padding_idx, impl)[0]
     return out.view(*input_ids.shape, n)
 
 
@@ -83,17 +85,22 @@ def embedding_layer_norm_reference(input_ids, token_type_ids, position_ids, word
 
 # -- the kernels as torch custom ops (torch.compile traces them; autograd calls the backward kernel) --
 
+def _kernels(impl: str):
+    return torch.ops.fastbert_C if impl == "cpu" else importlib.import_module("fastbert.kernels.embedding")
+
+
 @torch.library.custom_op("fastbert::embedding_layer_norm_forward", mutates_args=())
 def _forward(input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor, word: torch.Tensor,
              token_type: torch.Tensor, position: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-             dropout_p: float, seed: int, padding_idx: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return tuple(torch.ops.fastbert_C.embedding_layer_norm_forward(
+             dropout_p: float, seed: int, padding_idx: int, impl: str
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return tuple(_kernels(impl).embedding_layer_norm_forward(
         input_ids, token_type_ids, position_ids, word, token_type, position, weight, bias, eps, dropout_p, seed))
 
 
 @_forward.register_fake
 def _(input_ids, token_type_ids, position_ids, word, token_type, position, weight, bias, eps, dropout_p, seed,
-      padding_idx):
+      padding_idx, impl):
     stats = word.new_empty(input_ids.shape[0], dtype=torch.float32)
     return word.new_empty(input_ids.shape[0], word.shape[1]), stats, torch.empty_like(stats)
 
@@ -102,26 +109,27 @@ def _(input_ids, token_type_ids, position_ids, word, token_type, position, weigh
 def _backward(grad_out: torch.Tensor, input_ids: torch.Tensor, token_type_ids: torch.Tensor,
               position_ids: torch.Tensor, word: torch.Tensor, token_type: torch.Tensor, position: torch.Tensor,
               weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, dropout_p: float, seed: int,
-              padding_idx: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return tuple(torch.ops.fastbert_C.embedding_layer_norm_backward(
+              padding_idx: int, impl: str
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return tuple(_kernels(impl).embedding_layer_norm_backward(
         grad_out, input_ids, token_type_ids, position_ids, word, token_type, position, weight, mean, rstd, dropout_p,
         seed, padding_idx))
 
 
 @_backward.register_fake
 def _(grad_out, input_ids, token_type_ids, position_ids, word, token_type, position, weight, mean, rstd, dropout_p,
-      seed, padding_idx):
+      seed, padding_idx, impl):
     f32 = lambda t: t.new_empty(t.shape, dtype=torch.float32)  # noqa: E731
     return torch.empty_like(word), torch.empty_like(token_type), torch.empty_like(position), f32(weight), f32(weight)
 
 
 def _setup_context(ctx, inputs, output):
-    input_ids, token_type_ids, position_ids, word, token_type, position, weight, bias, eps, p, seed, pad = inputs
+    input_ids, token_type_ids, position_ids, word, token_type, position, weight, bias, eps, p, seed, pad, impl = inputs
     _, mean, rstd = output
     ctx.save_for_backward(input_ids, token_type_ids, position_ids, word, token_type, position, weight, mean, rstd)
     ctx.mark_non_differentiable(mean, rstd)  # saved for the backward only: autograd makes no zero grads for them
     ctx.set_materialize_grads(False)
-    ctx.args = (p, seed, pad)
+    ctx.args = (p, seed, pad, impl)
     ctx.bias_dtype = bias.dtype
 
 
@@ -130,7 +138,7 @@ def _autograd_backward(ctx, grad_out, _grad_mean, _grad_rstd):
     g_word, g_type, g_pos, g_w, g_b = _backward(grad_out.contiguous(), input_ids, token_type_ids, position_ids, word,
                                                 token_type, position, weight, mean, rstd, *ctx.args)
     return (None, None, None, g_word, g_type, g_pos, g_w.to(weight.dtype), g_b.to(ctx.bias_dtype), None, None, None,
-            None)
+            None, None)
 
 
 _forward.register_autograd(_autograd_backward, setup_context=_setup_context)
