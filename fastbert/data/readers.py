@@ -141,7 +141,7 @@ def read_table(path: str, *, text: Sequence[str], label: str | None = None, id: 
         except ValueError as e:
             msg = f"{path}:{line}: {e}"
             if skipped is None:
-                raise DataError(msg + " (pass --skip_bad_rows true to skip bad rows)") from None
+                raise DataError(msg + " (--skip-bad-rows skips such rows)") from None
             skipped.append(msg)
             continue
         out.append(Example(fields[id_col].strip() if id_col is not None else str(line), texts, value))
