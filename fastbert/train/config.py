@@ -140,17 +140,20 @@ def load_recipe(name_or_path: str) -> dict:
 
 
 def resolve(stage: str, recipe: dict | None = None, overrides: dict | None = None) -> dict:
-    """defaults < the stage's packaged recipe (or `recipe`) < overrides, checked."""
+    """defaults < the stage's packaged recipe < `recipe` < overrides, checked."""
     if stage not in STAGES:
         raise ConfigError(f"unknown stage {stage!r}; choose one of {STAGES}")
-    if recipe is None:
-        packaged = os.path.join(RECIPES, f"{stage}.yaml")
-        recipe = load_recipe(packaged) if os.path.exists(packaged) else {}
-    cfg = merge(merge(DEFAULTS, recipe), overrides or {})
-    if cfg.get("stage") not in (None, stage):
-        raise ConfigError(f"the recipe is for stage {cfg['stage']!r}, not {stage!r}")
+    if (recipe or {}).get("stage") not in (None, stage):
+        raise ConfigError(f"the recipe is for stage {recipe['stage']!r}, not {stage!r}")
+    packaged = os.path.join(RECIPES, f"{stage}.yaml")
+    base = load_recipe(packaged) if os.path.exists(packaged) else {}
+    cfg = merge(merge(merge(DEFAULTS, base), recipe or {}), overrides or {})
     cfg["stage"] = stage
-    if cfg.get("task"):
+    for layer in (overrides or {}, recipe or {}, base):  # the last word on `task` / `tasks` wins
+        if "task" in layer or "tasks" in layer:
+            cfg["task"], cfg["tasks"] = layer.get("task"), layer["tasks"] if "tasks" in layer else []
+            break
+    if cfg["task"]:
         cfg["tasks"] = [cfg["task"]]
     if isinstance(cfg["tasks"], str):
         cfg["tasks"] = [t for t in cfg["tasks"].split(",") if t]

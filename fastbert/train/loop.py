@@ -187,7 +187,7 @@ def train(cfg: dict, run: Run, model: Model, loaders: dict[str, Loader], dev_loa
             value = model.tasks[t].loss(Encode(model.encoder, frozen_at(settings[t]["freeze_encoder"], step)), batch)
         value = value.float()
         if not torch.isfinite(value):
-            raise NonFiniteError(f"step {step + 1}: task {t} loss is {float(value)} "
+            raise NonFiniteError(f"step {step + 1}: task {t} loss is {value.item()} "
                                  f"(lr {sched.get_last_lr()[0]:.3g}; last losses {_last(window)})")
         return value
 

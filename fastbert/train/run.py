@@ -61,32 +61,29 @@ class Run:
 
     def plot(self) -> None:
         """curves.png: training loss per task and dev metrics against steps."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
 
         recs = self.records()
         train = [r for r in recs if "loss" in r]
         dev = [r for r in recs if "dev" in r]
         if not train:
             return
-        fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+        fig = Figure(figsize=(11, 4))
+        FigureCanvasAgg(fig)
+        a, b = fig.subplots(1, 2)
         for t in sorted({t for r in train for t in r["loss"]}):
-            pts = [(r["step"], r["loss"][t]) for r in train if t in r["loss"]]
-            a.plot(*zip(*pts), label=t)
+            a.plot(*zip(*[(r["step"], r["loss"][t]) for r in train if t in r["loss"]]), label=t)
         a.set(xlabel="step", ylabel="training loss", title="loss")
         a.legend()
         for t in sorted({t for r in dev for t in r["dev"]}):
-            pts = [(r["step"], r["dev"][t]["main"]) for r in dev if t in r["dev"]]
-            b.plot(*zip(*pts), marker="o", label=t)
+            b.plot(*zip(*[(r["step"], r["dev"][t]["main"]) for r in dev if t in r["dev"]]), marker="o", label=t)
         b.set(xlabel="step", ylabel="dev metric", title="dev (accuracy / Pearson)")
         if dev:
             b.legend()
-        fig.tight_layout()
+        fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.92, wspace=0.22)
         tmp = os.path.join(self.path, ".curves.tmp.png")
         fig.savefig(tmp, dpi=100)
-        plt.close(fig)
         os.replace(tmp, os.path.join(self.path, "curves.png"))
 
 

@@ -267,13 +267,7 @@ def chain(recipe: dict, overrides: dict | None = None) -> dict:
         if stage not in ("pretrain", "nli", "contrastive", "single", "multitask"):
             raise config.ConfigError(f"chain link {i}: stage must be a training stage, got {stage!r}")
         path = os.path.join(root, f"{i}-{stage}")
-        packaged = os.path.join(config.RECIPES, f"{stage}.yaml")
-        base = config.load_recipe(packaged) if os.path.exists(packaged) else {}
-        base.pop("stage", None)
-        over = config.merge(merged, link)
-        if "tasks" in over or "task" in over:  # the link's tasks replace the stage recipe's
-            base.pop("tasks", None)
-        link_cfg = config.resolve(stage, config.merge(base, over),
+        link_cfg = config.resolve(stage, config.merge(merged, link),
                                   {"run_dir": path, "init": link.get("init", init),
                                    "resume": bool(checkpoint.find_last(path)) if resume or os.path.isdir(path)
                                    else False})
