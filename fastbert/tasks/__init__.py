@@ -12,13 +12,13 @@ import copy
 import os
 
 from fastbert.data.readers import DataError, Example, read_table, read_text
+from fastbert.tasks import classify, contrastive, mlm, pair, similarity
 from fastbert.tasks.base import POOLING, Task, pool
 from fastbert.tasks.classify import Classify
 from fastbert.tasks.contrastive import Contrastive
 from fastbert.tasks.mlm import MaskedLM
 from fastbert.tasks.pair import PairClassify
 from fastbert.tasks.similarity import Similarity
-from fastbert.tasks import classify, contrastive, mlm, pair, similarity
 
 KINDS = {  # kind -> (class, defaults, label kind)
     "classify": (Classify, classify.DEFAULTS, "class"),
@@ -60,10 +60,6 @@ TASKS = {
     "mlm": {"kind": "mlm"},
 }
 
-DATA_KEYS = ("train", "dev", "test", "text", "label", "id", "delimiter", "label_map", "score_range", "num_labels",
-             "split_column", "splits", "unescape")
-
-
 def task_config(name: str, overrides: dict | None = None, common: dict | None = None) -> dict:
     """The full settings of task `name`: kind defaults < common (pooling, ...) < TASKS row < overrides."""
     row = copy.deepcopy(TASKS.get(name, {}))
@@ -73,8 +69,7 @@ def task_config(name: str, overrides: dict | None = None, common: dict | None = 
         known = ", ".join(TASKS)
         raise ValueError(f"unknown task {name!r} (known: {known}); a new task needs a 'kind' in {list(KINDS)}"
                          if name not in TASKS else f"task {name!r}: kind must be one of {list(KINDS)}, got {kind!r}")
-    cfg = {**copy.deepcopy(KINDS[kind][1]), **(common or {}), **row}
-    return cfg
+    return {**copy.deepcopy(KINDS[kind][1]), **(common or {}), **row}
 
 
 def build(name: str, cfg: dict, config) -> Task:

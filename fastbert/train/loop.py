@@ -83,7 +83,8 @@ def precision(cfg: dict, device: torch.device) -> torch.dtype | None:
     if p == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+        return torch.bfloat16 if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() \
+            else None
     table = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     if p not in table:
         raise ValueError(f"precision must be auto, fp32, bf16 or fp16; got {p!r}")

@@ -8,8 +8,9 @@ import torch
 
 
 def _adamw(groups, cfg):
+    # torch's own fused kernel (CPU and CUDA): several times faster than its per-tensor loop on CPU
     return torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]), eps=cfg["eps"],
-                             weight_decay=cfg["weight_decay"])
+                             weight_decay=cfg["weight_decay"], fused=True)
 
 
 # name -> (parameter groups, run settings) -> optimizer. An optimizer that clips gradients itself has

@@ -74,7 +74,7 @@ def build(cfg: dict, names: list[str], source: str | None = None) -> loop.Model:
     return model
 
 
-def _encode(model, name, examples, cfg):
+def _encode(model, name, examples):
     task = model.tasks[name]
     return task.encode(examples, model.tokenizer, task.cfg["max_length"])
 
@@ -100,7 +100,7 @@ def load_data(cfg: dict, model: loop.Model, run: Run | None, train: list[str], e
     for name in train:
         s = model.tasks[name].cfg
         examples = _subset(read(name, "train"), _limit(cfg, "train_limit", name), _seed(cfg, name))
-        data = _encode(model, name, examples, cfg)
+        data = _encode(model, name, examples)
         if s["kind"] == "mlm":  # dev: a held-out share of the blocks
             n_dev = max(1, int(round(s["holdout"] * len(data)))) if s["holdout"] > 0 and len(data) > 1 else 0
             order = np.random.default_rng(_seed(cfg, name)).permutation(len(data))
@@ -122,7 +122,9 @@ def load_data(cfg: dict, model: loop.Model, run: Run | None, train: list[str], e
                 continue
             else:
                 examples = read(name, split, labeled=split != "test")
-                data = _encode(model, name, _subset(examples, _limit(cfg, "eval_limit", name), _seed(cfg, name)), cfg)
+                if split == "dev":  # test predictions are always complete
+                    examples = _subset(examples, _limit(cfg, "eval_limit", name), _seed(cfg, name))
+                data = _encode(model, name, examples)
             out[split][name] = Loader(data, model.tokenizer, cfg["eval_batch_size"], shuffle=False,
                                       seed=_seed(cfg, name), packed=cfg["packed"])
     return loaders, out

@@ -20,7 +20,7 @@ def test_resolve_layers_defaults_recipe_overrides():
     cfg = config.resolve("multitask", {"lr": 3e-5, "quora": {"encoder": "cross"}}, {"quora": {"loss": "softmax"},
                                                                                    "tasks": "sst,quora"})
     assert cfg["lr"] == 3e-5 and cfg["quora"] == {"encoder": "cross", "loss": "softmax"}
-    assert cfg["tasks"] == ["sst", "quora"] and cfg["stage"] == "multitask" and cfg["batch_size"] == 32
+    assert cfg["tasks"] == ["sst", "quora"] and cfg["stage"] == "multitask" and cfg["optimizer"] == "adamw"
     single = config.resolve("single", None, {"task": "sts"})
     assert single["tasks"] == ["sts"]
     assert config.task_settings(single, "sts")["encoder"] == "bi"
