@@ -57,12 +57,11 @@ def save_weights(directory: str, model) -> None:
         pretrained.save_model(view, directory)
     else:
         pretrained.save_model(model.encoder, directory)
-    if getattr(model, "tokenizer", None) is not None:
+    if model.tokenizer is not None:
         model.tokenizer.save_pretrained(directory)
     heads = {f"{name}.{k}": v.detach().cpu().contiguous() for name, task in model.tasks.items()
              if task.cfg["kind"] != "mlm" for k, v in task.state_dict().items()}
-    save_file(heads, os.path.join(directory, ".heads.tmp"))
-    os.replace(os.path.join(directory, ".heads.tmp"), os.path.join(directory, "heads.safetensors"))
+    save_file(heads, os.path.join(directory, "heads.safetensors"))
 
 
 def load_heads(directory: str, model) -> list[str]:

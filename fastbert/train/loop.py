@@ -32,12 +32,14 @@ class NonFiniteError(FloatingPointError):
 
 
 class Model(nn.Module):
-    """The shared encoder and one head per task."""
+    """The shared encoder, one head per task, and the tokenizer that feeds them."""
 
-    def __init__(self, encoder: nn.Module, tasks: dict):
+    def __init__(self, encoder: nn.Module, tasks: dict, tokenizer=None):
         super().__init__()
         self.encoder = encoder
         self.tasks = nn.ModuleDict(tasks)
+        self.tokenizer = tokenizer
+        self.untrained: list[str] = []  # evaluated tasks whose heads are neither trained nor loaded
 
 
 class Encode:
@@ -179,11 +181,12 @@ def train(cfg: dict, run: Run, model: Model, loaders: dict[str, Loader], dev_loa
     params = [p for p in model.parameters() if p.requires_grad]
     settings = {t: model.tasks[t].cfg for t in loaders}
     window: dict[str, list[float]] = {t: [] for t in loaders}
-    tokens = [0]
+    tokens = 0
 
     def loss(t: str) -> torch.Tensor:
+        nonlocal tokens
         batch = streams[t].next().to(device)
-        tokens[0] += int(batch.inputs.lengths.sum())
+        tokens += int(batch.inputs.lengths.sum())
         with autocast(device, dtype):
             value = model.tasks[t].loss(Encode(model.encoder, frozen_at(settings[t]["freeze_encoder"], step)), batch)
         value = value.float()
@@ -256,7 +259,7 @@ def train(cfg: dict, run: Run, model: Model, loaders: dict[str, Loader], dev_loa
                 rec = {"step": step, "epoch": round(step / routine.steps_per_epoch, 4),
                        "loss": {t: float(np.mean(w)) for t, w in window.items() if w},
                        "lr": sched.get_last_lr()[0], "grad_norm": norm,
-                       "tokens_per_s": round((tokens[0] - tokens_log) / max(now - t_log, 1e-9), 1)}
+                       "tokens_per_s": round((tokens - tokens_log) / max(now - t_log, 1e-9), 1)}
                 if routine.info:
                     rec["routine"] = routine.info
                 if scaler is not None:
@@ -264,7 +267,7 @@ def train(cfg: dict, run: Run, model: Model, loaders: dict[str, Loader], dev_loa
                 run.record(rec)
                 bar.set_postfix({t: f"{v:.3f}" for t, v in rec["loss"].items()}, refresh=False)
                 window = {t: [] for t in loaders}
-                t_log, tokens_log = now, tokens[0]
+                t_log, tokens_log = now, tokens
             if step % eval_every == 0 or step == total:
                 evaluate_and_save()
             elif save_every and step % save_every == 0:

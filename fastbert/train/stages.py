@@ -66,8 +66,7 @@ def build(cfg: dict, names: list[str], source: str | None = None) -> loop.Model:
     for name in names:  # a head this run does not train keeps the settings it was trained with
         settings = config.task_settings(saved if saved and name not in cfg["tasks"] else cfg, name)
         heads[name] = tasks_mod.build(name, settings, encoder.config)
-    model = loop.Model(encoder, heads)
-    model.tokenizer = tokenizer
+    model = loop.Model(encoder, heads, tokenizer)
     loaded = checkpoint.load_heads(source, model) if source else []
     model.untrained = [n for n in names if n not in loaded and n not in cfg["tasks"]
                        and any(True for _ in model.tasks[n].parameters())]

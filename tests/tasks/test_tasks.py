@@ -48,19 +48,19 @@ def _batch(task, tok, examples, packed=False):
     return Loader(data, tok, len(examples), shuffle=False, packed=packed).batch(np.arange(len(examples)))
 
 
-@pytest.mark.parametrize("name, settings, n_params", [
-    ("sst", {}, 32 * 5 + 5),
-    ("quora", {"encoder": "bi", "loss": "softmax"}, 96 * 2 + 2),
-    ("quora", {"encoder": "cross"}, 32 * 2 + 2),
-    ("quora", {"loss": "cosine_mse"}, 0),
-    ("quora", {"loss": "contrastive"}, 0),
-    ("quora", {"loss": "mnr"}, 0),
-    ("snli", {}, 96 * 3 + 3),
-    ("sts", {}, 0),
-    ("sts", {"loss": "contrastive"}, 0),
-    ("sts", {"encoder": "cross"}, 33),
+@pytest.mark.parametrize("name, settings, n_params, packed", [
+    ("sst", {}, 32 * 5 + 5, False),
+    ("sst", {"pooling": "cls"}, 32 * 5 + 5, True),
+    ("quora", {"encoder": "bi", "loss": "softmax"}, 96 * 2 + 2, True),
+    ("quora", {"encoder": "cross"}, 32 * 2 + 2, False),
+    ("quora", {"loss": "cosine_mse"}, 0, False),
+    ("quora", {"loss": "contrastive"}, 0, False),
+    ("quora", {"loss": "mnr"}, 0, False),
+    ("snli", {}, 96 * 3 + 3, False),
+    ("sts", {}, 0, False),
+    ("sts", {"loss": "contrastive"}, 0, False),
+    ("sts", {"encoder": "cross", "pooling": "pooler"}, 33, True),
 ])
-@pytest.mark.parametrize("packed", [False, True])
 def test_task_losses_and_predictions(tok, encoder, name, settings, n_params, packed):
     task = tasks.build(name, tasks.task_config(name, settings), CFG)
     assert sum(p.numel() for p in task.parameters()) == n_params
