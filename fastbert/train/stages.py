@@ -49,7 +49,7 @@ def _subset(items, n, seed):
 
 def build(cfg: dict, names: list[str], source: str | None = None) -> loop.Model:
     """Encoder + tokenizer + a head per task. source: a checkpoint to start from (default cfg init)."""
-    source = source or cfg["init"]
+    source = source or (_checkpoint_dir(cfg["init"]) if cfg["init"] else None)
     torch.manual_seed(cfg["seed"])
     if source is None and cfg["model"]:  # a randomly initialised encoder (tests, scratch runs)
         encoder = BertModel(BertConfig(**cfg["model"]), backend=cfg["backend"], unpad=cfg["unpad"])
@@ -192,7 +192,7 @@ def _for_checkpoint(cfg: dict) -> tuple[loop.Model, Run, list[str]]:
     source = _checkpoint_dir(cfg["init"]) if cfg["init"] else None
     saved = checkpoint.saved_config(source) if source else None
     names = _eval_names(cfg, saved) or ["sst", "quora", "sts"]
-    model = build(cfg, names, source)
+    model = build(cfg, names)
     run = Run(cfg["run_dir"] or default_dir(cfg["stage"], False), {**cfg, "init": source})
     for n in model.untrained:
         run.log(f"warning: {source or 'the packaged checkpoint'} has no head for task {n}: it is random")
@@ -220,7 +220,7 @@ def predict(cfg: dict) -> dict:
 
 def write_predictions(cfg: dict, model: loop.Model, run: Run, names: list[str]) -> list[str]:
     """<run>/predictions/{sst,para,sts}-{dev,test}-output.csv ("id \\t Predicted_... " then "id , value")."""
-    _, evals = load_data(cfg, model, run, [], names, splits=("dev", "test"))
+    _, evals = load_data({**cfg, "eval_limit": None}, model, run, [], names, splits=("dev", "test"))  # complete files
     device = loop.device_of(cfg)
     out_dir = os.path.join(run.path, "predictions")
     os.makedirs(out_dir, exist_ok=True)

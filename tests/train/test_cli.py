@@ -5,7 +5,8 @@ from fastbert.train import __main__ as cli
 
 
 def test_print_config_resolves_recipe_and_overrides(capsys):
-    assert cli.main(["multitask", "--print_config", "--lr", "3e-4", "--quora.encoder", "cross", "--routine=pcgrad"]) == 0
+    argv = ["multitask", "--print_config", "--lr", "3e-4", "--quora.encoder", "cross", "--routine=pcgrad"]
+    assert cli.main(argv) == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["lr"] == 3e-4 and cfg["routine"] == "pcgrad" and cfg["quora"]["encoder"] == "cross"
     assert cfg["tasks"] == ["sst", "quora", "sts"] and cfg["stage"] == "multitask"
