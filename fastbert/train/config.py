@@ -27,7 +27,7 @@ DEFAULTS = {
     # data
     "data_dir": None,  # None: $FASTBERT_DATA, else ../shared/data from the current dir or the repo root
     "skip_bad_rows": False,  # skip (and count in run.log) malformed rows instead of stopping
-    "train_limit": None,  # examples per task: an int, or {task: int}; a seeded random subset
+    "train_limit": None,  # training examples per task (an int, or {task: int}): a seeded random subset
     "eval_limit": None,  # dev examples per task, likewise (for quick runs; the dev table says so)
     # tasks and how they are combined
     "task": None,  # `single`: the one task (sets tasks: [task])
@@ -140,16 +140,18 @@ def load_recipe(name_or_path: str) -> dict:
 
 
 def resolve(stage: str, recipe: dict | None = None, overrides: dict | None = None) -> dict:
-    """defaults < the stage's packaged recipe < `recipe` < overrides, checked."""
+    """defaults < `recipe` (None: the stage's packaged recipe) < overrides, checked. A recipe is complete
+    on its own: it does not inherit the stage's packaged recipe (whose budget is the default run's)."""
     if stage not in STAGES:
         raise ConfigError(f"unknown stage {stage!r}; choose one of {STAGES}")
-    if (recipe or {}).get("stage") not in (None, stage):
+    if recipe is None:
+        packaged = os.path.join(RECIPES, f"{stage}.yaml")
+        recipe = load_recipe(packaged) if os.path.exists(packaged) else {}
+    if recipe.get("stage") not in (None, stage):
         raise ConfigError(f"the recipe is for stage {recipe['stage']!r}, not {stage!r}")
-    packaged = os.path.join(RECIPES, f"{stage}.yaml")
-    base = load_recipe(packaged) if os.path.exists(packaged) else {}
-    cfg = merge(merge(merge(DEFAULTS, base), recipe or {}), overrides or {})
+    cfg = merge(merge(DEFAULTS, recipe), overrides or {})
     cfg["stage"] = stage
-    for layer in (overrides or {}, recipe or {}, base):  # the last word on `task` / `tasks` wins
+    for layer in (overrides or {}, recipe):  # the last word on `task` / `tasks` wins
         if "task" in layer or "tasks" in layer:
             cfg["task"], cfg["tasks"] = layer.get("task"), layer["tasks"] if "tasks" in layer else []
             break

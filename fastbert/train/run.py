@@ -12,13 +12,12 @@ from tqdm import tqdm
 
 
 def default_dir(stage: str, resume: bool) -> str:
-    """runs/<stage>-<time>; with resume, the newest runs/<stage>-* that has checkpoints."""
+    """runs/<stage>-<time>; with resume, the newest runs/<stage>-*."""
     if resume:
-        found = sorted(d for d in glob.glob(os.path.join("runs", f"{stage}-*"))
-                       if os.path.isdir(os.path.join(d, "checkpoints")))
+        found = sorted(d for d in glob.glob(os.path.join("runs", f"{stage}-*")) if os.path.isdir(d))
         if found:
             return found[-1]
-        raise FileNotFoundError(f"--resume: no runs/{stage}-* with checkpoints here; pass --run_dir")
+        raise FileNotFoundError(f"--resume: no runs/{stage}-* here; pass --run_dir")
     return os.path.join("runs", f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 

@@ -40,11 +40,10 @@ def _limit(cfg: dict, key: str, name: str):
     return v.get(name) if isinstance(v, dict) else v
 
 
-def _subset(items, n, seed):
-    if n is None or n >= len(items):
-        return items
-    pick = np.sort(np.random.default_rng(seed).choice(len(items), int(n), replace=False))
-    return items.subset(pick) if isinstance(items, Encoded) else [items[i] for i in pick]
+def _subset(data: Encoded, n, seed) -> Encoded:
+    if n is None or n >= len(data):
+        return data
+    return data.subset(np.sort(np.random.default_rng(seed).choice(len(data), int(n), replace=False)))
 
 
 def build(cfg: dict, names: list[str], source: str | None = None) -> loop.Model:
@@ -98,8 +97,8 @@ def load_data(cfg: dict, model: loop.Model, run: Run | None, train: list[str], e
     loaders, held_out = {}, {}
     for name in train:
         s = model.tasks[name].cfg
-        examples = _subset(read(name, "train"), _limit(cfg, "train_limit", name), _seed(cfg, name))
-        data = _encode(model, name, examples)
+        # limits count what the task trains on (SimCSE triplets, MLM blocks), so they apply after encoding
+        data = _subset(_encode(model, name, read(name, "train")), _limit(cfg, "train_limit", name), _seed(cfg, name))
         if s["kind"] == "mlm":  # dev: a held-out share of the blocks
             n_dev = max(1, int(round(s["holdout"] * len(data)))) if s["holdout"] > 0 and len(data) > 1 else 0
             order = np.random.default_rng(_seed(cfg, name)).permutation(len(data))
@@ -120,10 +119,9 @@ def load_data(cfg: dict, model: loop.Model, run: Run | None, train: list[str], e
                 log(f"{name}: no {split} file, not evaluated")
                 continue
             else:
-                examples = read(name, split, labeled=split != "test")
+                data = _encode(model, name, read(name, split, labeled=split != "test"))
                 if split == "dev":  # test predictions are always complete
-                    examples = _subset(examples, _limit(cfg, "eval_limit", name), _seed(cfg, name))
-                data = _encode(model, name, examples)
+                    data = _subset(data, _limit(cfg, "eval_limit", name), _seed(cfg, name))
             out[split][name] = Loader(data, model.tokenizer, cfg["eval_batch_size"], shuffle=False,
                                       seed=_seed(cfg, name), packed=cfg["packed"])
     return loaders, out
@@ -270,8 +268,7 @@ def chain(recipe: dict, overrides: dict | None = None) -> dict:
         path = os.path.join(root, f"{i}-{stage}")
         link_cfg = config.resolve(stage, config.merge(merged, link),
                                   {"run_dir": path, "init": link.get("init", init),
-                                   "resume": bool(checkpoint.find_last(path)) if resume or os.path.isdir(path)
-                                   else False})
+                                   "resume": resume and bool(checkpoint.find_last(path))})
         if os.path.exists(os.path.join(path, "dev_table.md")):
             print(f"chain: {path} is done, skipping")
         else:

@@ -47,18 +47,20 @@ def killed_run(settings, run_dir, after_step):
 @pytest.fixture
 def settings(tiny):
     return {**tiny, "model": {**TINY_MODEL, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1},
-            "routine": "stochastic", "max_steps": 14, "save_every": 3, "skip_bad_rows": True, "warmup": 0.2}
+            "tasks": ["sst", "quora", "sts"], "routine": "stochastic", "max_steps": 14, "save_every": 3,
+            "skip_bad_rows": True, "warmup": 0.2}
 
 
 def test_resume_after_sigkill_and_sigint_matches_uninterrupted(settings, tmp_path, monkeypatch):
-    reference = losses(run_stage("multitask", **{**settings, "run_dir": str(tmp_path / "ref")})["run_dir"])
+    # the settings as the whole recipe, as the subprocess gets them
+    reference = losses(run_stage("multitask", {**settings, "run_dir": str(tmp_path / "ref")})["run_dir"])
     assert len(reference) == 14
 
     killed = str(tmp_path / "killed")
     killed_run(settings, killed, after_step=4)
     start = int(os.path.basename(os.path.realpath(os.path.join(killed, "last"))).split("-")[1])
     assert 0 < start < 14 and start % 4  # mid-epoch: 4 batches per task and epoch
-    result = run_stage("multitask", **{**settings, "run_dir": killed, "resume": True})
+    result = run_stage("multitask", {**settings, "run_dir": killed, "resume": True})
     assert result["step"] == 14
     assert f"resumed from {os.path.realpath(os.path.join(killed, 'checkpoints'))}" in open(
         os.path.join(killed, "run.log")).read()
@@ -82,10 +84,10 @@ def test_resume_after_sigkill_and_sigint_matches_uninterrupted(settings, tmp_pat
 
     monkeypatch.setattr(routines, "build", interrupting)
     with pytest.raises(KeyboardInterrupt):
-        run_stage("multitask", **{**settings, "run_dir": stopped})
+        run_stage("multitask", {**settings, "run_dir": stopped})
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
     assert os.path.realpath(os.path.join(stopped, "last")).endswith("step-00000003")
     assert "interrupted at step 3" in open(os.path.join(stopped, "run.log")).read()
     monkeypatch.setattr(routines, "build", build)
-    run_stage("multitask", **{**settings, "run_dir": stopped, "resume": True})
+    run_stage("multitask", {**settings, "run_dir": stopped, "resume": True})
     assert losses(stopped) == reference
