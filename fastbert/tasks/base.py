@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from fastbert.config import BertConfig
 from fastbert.data import batching
 from fastbert.data.readers import Example
-from fastbert.config import BertConfig
 from fastbert.model import BertOutput
 from fastbert.tokenizer import Batch
 
@@ -52,6 +52,7 @@ class Task(nn.Module):
     """A task's head and its loss, predictions and metric. Subclasses set `metric` and override."""
 
     metric = "accuracy"  # the key of score() that ranks checkpoints (higher is better)
+    cross = False  # encode a pair as one sequence (cross-encoder) instead of one sequence per text
 
     def __init__(self, name: str, cfg: dict, config: BertConfig):
         super().__init__()
@@ -59,8 +60,6 @@ class Task(nn.Module):
         self.pooling = cfg.get("pooling", "mean")
         if self.pooling not in POOLING:
             raise ValueError(f"{name}: pooling must be one of {POOLING}, got {self.pooling!r}")
-
-    cross = False  # encode a pair as one sequence (cross-encoder) instead of one sequence per text
 
     def encode(self, examples: Sequence[Example], tokenizer, max_length: int) -> batching.Encoded:
         return batching.encode(examples, tokenizer, max_length, self.cross)

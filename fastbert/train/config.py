@@ -54,7 +54,7 @@ DEFAULTS = {
     "precision": "auto",  # auto (bf16 where supported) | fp32 | bf16 | fp16 (CUDA, with loss scaling)
     "device": "auto",
     "seed": 0,
-    "threads": None,  # torch CPU threads (None: torch's default)
+    "threads": "auto",  # torch CPU threads: auto = the cores not already busy (cpu count - load average), >= 1
     # the run
     "run_dir": None,  # None: runs/<stage>-<time>
     "resume": False,  # continue run_dir (or the newest runs/<stage>-*) from its last checkpoint

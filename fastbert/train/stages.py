@@ -133,6 +133,17 @@ def _eval_names(cfg: dict, saved: dict | None = None) -> list[str]:
     return list(dict.fromkeys([*cfg["tasks"], *extra]))
 
 
+def set_threads(cfg: dict) -> int:
+    """torch's CPU threads. "auto": the idle cores. On a shared machine a thread per core runs several
+    times slower than one thread (OpenMP threads wait on each other's descheduled peers)."""
+    n = cfg["threads"]
+    if n == "auto":
+        n = max(1, (os.cpu_count() or 1) - int(round(os.getloadavg()[0])))
+    if n:
+        torch.set_num_threads(int(n))
+    return torch.get_num_threads()
+
+
 def _run_dir(cfg: dict) -> tuple[str, str | None]:
     """(run directory, checkpoint to resume from)."""
     path = cfg["run_dir"] or default_dir(cfg["stage"], cfg["resume"])
@@ -144,8 +155,7 @@ def _run_dir(cfg: dict) -> tuple[str, str | None]:
 
 def train(cfg: dict) -> dict:
     """Run a training stage (pretrain, nli, contrastive, single, multitask); returns its result."""
-    if cfg["threads"]:
-        torch.set_num_threads(int(cfg["threads"]))
+    set_threads(cfg)
     path, resume = _run_dir(cfg)
     config.data_dir(cfg)  # fail before the model loads
     names = _eval_names(cfg)
@@ -160,7 +170,7 @@ def train(cfg: dict) -> dict:
     device = loop.device_of(cfg)
     run.log(f"{cfg['stage']}: tasks {cfg['tasks']} (evaluated: {names}), routine {cfg['routine']}, "
             f"precision {cfg['precision']} -> {loop.precision(cfg, device) or 'fp32'}, device {device}, "
-            f"backend {cfg['backend']}, run dir {run.path}")
+            f"backend {cfg['backend']}, {torch.get_num_threads()} CPU threads, run dir {run.path}")
     loaders, evals = load_data(cfg, model, run, cfg["tasks"], names)
     state = loop.train(cfg, run, model, loaders, evals["dev"], resume)
     best = state["best"]
@@ -199,6 +209,7 @@ def _for_checkpoint(cfg: dict) -> tuple[loop.Model, Run, list[str]]:
 
 def evaluate(cfg: dict) -> dict:
     """Dev metrics of a checkpoint (`init`: a checkpoint or run directory; none: the packaged MiniLM)."""
+    set_threads(cfg)
     model, run, names = _for_checkpoint(cfg)
     _, evals = load_data(cfg, model, run, [], names)
     device = loop.device_of(cfg)
@@ -212,6 +223,7 @@ def evaluate(cfg: dict) -> dict:
 
 def predict(cfg: dict) -> dict:
     """Prediction files (CS224N format) for the dev and test files of a checkpoint's tasks."""
+    set_threads(cfg)
     model, run, names = _for_checkpoint(cfg)
     return {"run_dir": run.path, "files": write_predictions(cfg, model, run, names)}
 

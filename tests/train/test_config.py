@@ -96,3 +96,16 @@ def test_schedules(kind):
     else:
         assert f(55) == pytest.approx(0.5) and f(99) < 0.02
     assert optim.schedule({"warmup": 5, "schedule": kind}, 100)(4) == pytest.approx(5 / 6)
+
+
+def test_threads_setting():
+    import torch
+
+    from fastbert.train.stages import set_threads
+    before = torch.get_num_threads()
+    try:
+        assert set_threads({"threads": 1}) == 1
+        assert 1 <= set_threads({"threads": "auto"}) <= (os.cpu_count() or 1)
+        assert set_threads({"threads": None}) >= 1
+    finally:
+        torch.set_num_threads(before)
