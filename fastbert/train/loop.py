@@ -185,8 +185,9 @@ def train(cfg: dict, run: Run, model: Model, loaders: dict[str, Loader], dev_loa
 
     def loss(t: str) -> torch.Tensor:
         nonlocal tokens
-        batch = streams[t].next().to(device)
+        batch = streams[t].next()
         tokens += int(batch.inputs.lengths.sum())
+        batch = batch.to(device)
         with autocast(device, dtype):
             value = model.tasks[t].loss(Encode(model.encoder, frozen_at(settings[t]["freeze_encoder"], step)), batch)
         value = value.float()
