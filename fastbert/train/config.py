@@ -37,7 +37,7 @@ DEFAULTS = {
     "standardize": False,  # weighted/stochastic: loss improvements relative to the task's running loss
     "freeze_encoder": False,  # true, or [first_step, end_step): the encoder gets no gradient (per task too)
     # optimisation
-    "optimizer": "adamw",
+    "optimizer": "adamw",  # adamw (torch.optim.AdamW, its fused kernel) | fused_adamw (fastbert.optim)
     "lr": 2.0e-5,
     "head_lr": None,  # learning rate of the task heads (None: lr)
     "layer_decay": 1.0,  # layer-wise lr decay: layer i of L at lr * layer_decay ** (L - 1 - i), embeddings ** L

@@ -227,6 +227,11 @@ def train(cfg: dict, run: Run, model: Model, loaders: dict[str, Loader], dev_loa
             checkpoint.prune(run.path)
         run.plot()
 
+    def check(norm: float, values: dict) -> None:  # fp16 overflow is the scaler's to skip; else stop
+        if not math.isfinite(norm) and scaler is None:
+            raise NonFiniteError(f"step {step + 1}: gradient norm is {norm} "
+                                 f"(losses {values}; lr {sched.get_last_lr()[0]:.3g})")
+
     flag, old_handlers = _interrupts()
     started, t_log, tokens_log = time.time(), time.time(), 0
     bar = tqdm(total=total, initial=step, desc=cfg["stage"], disable=not cfg["progress"], file=sys.stderr,
@@ -240,9 +245,7 @@ def train(cfg: dict, run: Run, model: Model, loaders: dict[str, Loader], dev_loa
             norm = None
             if not optim.clips_itself(opt):
                 norm = float(torch.nn.utils.clip_grad_norm_(params, cfg["max_grad_norm"] or float("inf")))
-                if not math.isfinite(norm) and scaler is None:
-                    raise NonFiniteError(f"step {step + 1}: gradient norm is {norm} "
-                                         f"(losses {values}; lr {sched.get_last_lr()[0]:.3g})")
+                check(norm, values)
             if scaler is not None:
                 scale = scaler.get_scale()
                 scaler.step(opt)
@@ -250,6 +253,9 @@ def train(cfg: dict, run: Run, model: Model, loaders: dict[str, Loader], dev_loa
                 state["skipped_steps"] += int(scaler.get_scale() < scale)
             else:
                 opt.step()
+            if norm is None and getattr(opt, "grad_norm", None) is not None:
+                norm = float(opt.grad_norm)  # clipped inside the step, which a non-finite norm skipped
+                check(norm, values)
             sched.step()
             step += 1
             for t, v in values.items():

@@ -13,9 +13,16 @@ def _adamw(groups, cfg):
                              weight_decay=cfg["weight_decay"], fused=True)
 
 
-# name -> (parameter groups, run settings) -> optimizer. An optimizer that clips gradients itself has
-# "max_grad_norm" in its defaults (then the loop does not clip).
-OPTIMIZERS = {"adamw": _adamw}
+def _fused_adamw(groups, cfg):
+    from fastbert.optim import FusedAdamW  # fastbert's fused kernels, gradient clipping inside the step
+
+    return FusedAdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]), eps=cfg["eps"],
+                      weight_decay=cfg["weight_decay"], max_grad_norm=cfg["max_grad_norm"])
+
+
+# name -> (parameter groups, run settings) -> optimizer. An optimizer with a `max_grad_norm` clips the
+# gradients itself (the loop then does not) and reports the norm as `grad_norm`.
+OPTIMIZERS = {"adamw": _adamw, "fused_adamw": _fused_adamw}
 
 
 def build(groups: list[dict], cfg: dict) -> torch.optim.Optimizer:
@@ -25,7 +32,7 @@ def build(groups: list[dict], cfg: dict) -> torch.optim.Optimizer:
 
 
 def clips_itself(opt: torch.optim.Optimizer) -> bool:
-    return opt.defaults.get("max_grad_norm") is not None
+    return getattr(opt, "max_grad_norm", None) is not None
 
 
 _LAYER = re.compile(r"^encoder\.layer\.(\d+)\.")

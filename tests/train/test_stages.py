@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from fastbert.train import run_stage
 from fastbert.train.loop import NonFiniteError
@@ -108,7 +109,6 @@ def test_evaluate_and_predict_files(tiny, tmp_path):
 
 def test_checkpoint_loads_in_transformers(tiny):
     transformers = pytest.importorskip("transformers")
-    import torch
     from fastbert import BertModel, BertTokenizer
     result = run_stage("single", **tiny, task="sts", max_steps=2)
     best = os.path.join(result["run_dir"], "best")
@@ -157,6 +157,36 @@ def test_non_finite_loss_is_reported_with_its_step(tiny, monkeypatch):
         run_stage("single", **tiny, task="sts", max_steps=5)
 
 
+class NanGrad(torch.autograd.Function):
+    """Identity forward, NaN gradient: a finite loss whose backward goes wrong."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * float("nan")
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "fused_adamw"])
+def test_non_finite_gradient_is_reported_with_its_step(tiny, monkeypatch, optimizer):
+    if optimizer == "fused_adamw":
+        pytest.importorskip("fastbert.optim")
+    from fastbert.tasks.classify import Classify
+    calls = {"n": 0}
+    original = Classify.loss
+
+    def poisoned(self, encode, batch):
+        calls["n"] += 1
+        value = original(self, encode, batch)
+        return NanGrad.apply(value) if calls["n"] == 3 else value
+
+    monkeypatch.setattr(Classify, "loss", poisoned)
+    with pytest.raises(NonFiniteError, match=r"step 3: gradient norm is nan"):
+        run_stage("single", **tiny, task="sst", max_steps=5, optimizer=optimizer)
+
+
 def test_chain_carries_the_encoder_and_heads(tiny, tmp_path):
     recipe = {"chain": [{"stage": "single", "task": "quora", "skip_bad_rows": True, "quora": {"encoder": "cross"}},
                         {"stage": "single", "task": "sst", "eval_tasks": ["quora"], "freeze_encoder": True,
@@ -175,8 +205,6 @@ def test_chain_carries_the_encoder_and_heads(tiny, tmp_path):
 
 def test_fp16_loss_scaling_skips_overflowing_steps(tiny, monkeypatch):
     # fp16 autocast + GradScaler, exercised on CPU (the run refuses fp16 on CPU; CUDA is where it belongs)
-    import torch
-
     from fastbert.tasks.classify import Classify
     from fastbert.train import loop
     monkeypatch.setattr(loop, "precision", lambda cfg, device: torch.float16)
