@@ -76,6 +76,11 @@ class BertTokenizer:
         limit = min(int(cfg.get("model_max_length", 512)), 512)
         return cls(tok, max_length if max_length is not None else limit)
 
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write tokenizer.json, which from_pretrained and transformers' fast tokenizers read."""
+        os.makedirs(directory, exist_ok=True)
+        self._tok.save(os.path.join(os.fspath(directory), "tokenizer.json"))
+
     def tokenize(self, text: str) -> list[str]:
         return self._tok.encode(text, add_special_tokens=False).tokens
 

@@ -1,0 +1,152 @@
+"""Examples -> tokenized, length-bucketed batches, padded to their longest sequence or packed.
+
+Examples are tokenized once (Encoded). A Loader cuts them into batches whose order is a pure function
+of (seed, epoch): shuffle, then sort each window of `bucket` batches' worth by length so a batch holds
+sequences of similar length (little padding), then shuffle the batches. A Stream walks a Loader epoch
+after epoch; its position (epoch, index) is all a checkpoint needs to resume the data exactly.
+
+A batch of a bi-encoder task holds all its texts in one tokenized batch, view-major: the first texts
+of every example, then the second texts (one encoder call for u and v).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from fastbert.data.readers import Example
+from fastbert.tokenizer import Batch, BertTokenizer
+
+Seq = tuple[list[int], list[int]]  # (input ids, token type ids)
+
+
+@dataclasses.dataclass
+class Encoded:
+    """A task's examples, tokenized: seqs[i] holds example i's `views` sequences."""
+    seqs: list[tuple[Seq, ...]]
+    labels: list | None
+    ids: list[str]
+
+    def __len__(self):
+        return len(self.seqs)
+
+    @property
+    def views(self) -> int:
+        return len(self.seqs[0]) if self.seqs else 0
+
+    def lengths(self) -> np.ndarray:
+        return np.array([max(len(s[0]) for s in views) for views in self.seqs])
+
+    def subset(self, idx) -> "Encoded":
+        return Encoded([self.seqs[i] for i in idx], None if self.labels is None else [self.labels[i] for i in idx],
+                       [self.ids[i] for i in idx])
+
+
+def encode(examples: Sequence[Example], tokenizer: BertTokenizer, max_length: int, cross: bool) -> Encoded:
+    """cross: a pair becomes one sequence [CLS] a [SEP] b [SEP]; else each text is its own sequence."""
+    k = len(examples[0].texts)
+    if any(len(e.texts) != k for e in examples):
+        raise ValueError("examples mix different numbers of texts")
+    if cross and k == 2:
+        seqs = [(s,) for s in tokenizer.encode([e.texts[0] for e in examples], [e.texts[1] for e in examples],
+                                               max_length=max_length)]
+    else:
+        cols = [tokenizer.encode([e.texts[v] for e in examples], max_length=max_length) for v in range(k)]
+        seqs = list(zip(*cols))
+    labels = [e.label for e in examples]
+    return Encoded(seqs, None if any(x is None for x in labels) else labels, [e.id for e in examples])
+
+
+@dataclasses.dataclass
+class TaskBatch:
+    inputs: Batch  # views * n sequences, view-major
+    views: int
+    labels: torch.Tensor | None  # [n] (int64 classes or fp32 scores)
+    index: torch.Tensor  # [n] positions of the examples in their Encoded
+    seed: int  # for per-batch randomness (MLM masks): fixed by (loader seed, epoch, batch)
+
+    def __len__(self):
+        return len(self.index)
+
+    def to(self, device) -> "TaskBatch":
+        return dataclasses.replace(self, inputs=self.inputs.to(device),
+                                   labels=None if self.labels is None else self.labels.to(device))
+
+
+class Loader:
+    """Batches of one task's Encoded examples, in an order fixed by (seed, epoch)."""
+
+    def __init__(self, data: Encoded, tokenizer: BertTokenizer, batch_size: int, *, shuffle: bool = True,
+                 seed: int = 0, bucket: int = 50, packed: bool = False):
+        if len(data) == 0:
+            raise ValueError("no examples to batch")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.data, self.tokenizer, self.batch_size = data, tokenizer, batch_size
+        self.shuffle, self.seed, self.bucket, self.packed = shuffle, seed, bucket, packed
+        self._lengths = data.lengths()
+
+    def __len__(self) -> int:
+        return -(-len(self.data) // self.batch_size)
+
+    def order(self, epoch: int) -> list[np.ndarray]:
+        """Every batch of `epoch`, as arrays of example positions."""
+        n, bs = len(self.data), self.batch_size
+        if not self.shuffle:  # evaluation: longest first, for the least padding
+            idx = np.argsort(-self._lengths, kind="stable")
+            return [idx[i:i + bs] for i in range(0, n, bs)]
+        rng = np.random.default_rng([self.seed, epoch])
+        idx = rng.permutation(n)
+        if self.bucket > 1:
+            window = bs * self.bucket
+            idx = np.concatenate([w[np.argsort(self._lengths[w], kind="stable")]
+                                  for w in np.split(idx, range(window, n, window))])
+        batches = [idx[i:i + bs] for i in range(0, n, bs)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def batch(self, idx: np.ndarray, seed: int = 0) -> TaskBatch:
+        seqs = [self.data.seqs[i] for i in idx]
+        views = self.data.views
+        flat = [ex[v] for v in range(views) for ex in seqs]
+        labels = None
+        if self.data.labels is not None:
+            values = [self.data.labels[i] for i in idx]
+            labels = torch.tensor(values, dtype=torch.float32 if isinstance(values[0], float) else torch.long)
+        return TaskBatch(self.tokenizer.collate(flat, packed=self.packed), views, labels,
+                         torch.as_tensor(idx, dtype=torch.long), seed)
+
+    def __iter__(self):
+        for i, idx in enumerate(self.order(0)):
+            yield self.batch(idx, seed=_mix(self.seed, 0, i))
+
+
+def _mix(*xs: int) -> int:
+    return int(np.random.SeedSequence([int(x) for x in xs]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
+
+
+class Stream:
+    """Endless batches from a Loader, epoch after epoch. state_dict() = the position (epoch, index)."""
+
+    def __init__(self, loader: Loader):
+        self.loader, self.epoch, self.index = loader, 0, 0
+        self._order, self._order_epoch = None, None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def next(self) -> TaskBatch:
+        if self.index >= len(self.loader):
+            self.epoch, self.index = self.epoch + 1, 0
+        if self._order_epoch != self.epoch:
+            self._order, self._order_epoch = self.loader.order(self.epoch), self.epoch
+        b = self.loader.batch(self._order[self.index], seed=_mix(self.loader.seed, self.epoch, self.index))
+        self.index += 1
+        return b
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])

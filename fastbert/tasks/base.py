@@ -1,0 +1,92 @@
+"""What every task shares: sentence-embedding pooling and the Task interface.
+
+A task is an nn.Module holding its head's parameters. It turns examples into token sequences
+(`encode`), a batch into a loss (`loss`) or predictions (`predict`), and predictions into its metric
+(`score`). It is handed `encode`, a function from a tokenized Batch to the encoder's BertOutput, so it
+never sees how the encoder runs (precision, frozen or not, backend) nor how its loss is combined with
+other tasks' losses.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from fastbert.config import BertConfig
+from fastbert.data import batching
+from fastbert.data.readers import Example
+from fastbert.model import BertOutput
+from fastbert.tokenizer import Batch
+
+POOLING = ("mean", "cls", "pooler")
+Encode = Callable[[Batch], BertOutput]  # also carries .word_embeddings (the MLM decoder is tied to them)
+
+
+def pool(out: BertOutput, inputs: Batch, mode: str) -> torch.Tensor:
+    """One embedding per sequence [n, hidden], from a padded or a packed batch.
+
+    mean: the average over real tokens (what all-MiniLM-L6-v2 and Sentence-BERT were trained with);
+    cls: the [CLS] token's last hidden state; pooler: BERT's tanh(dense([CLS])), minBERT's pooler_output.
+    """
+    h = out.last_hidden_state
+    if mode == "pooler":
+        return out.pooler_output
+    if inputs.cu_seqlens is not None:  # packed [T, hidden]
+        starts = inputs.cu_seqlens[:-1].long()
+        if mode == "cls":
+            return h[starts]
+        seq = torch.repeat_interleave(torch.arange(len(starts), device=h.device), inputs.lengths.to(h.device).long())
+        sums = torch.zeros(len(starts), h.shape[-1], dtype=torch.float32, device=h.device).index_add_(0, seq, h.float())
+    else:  # padded [B, S, hidden], zeros at padding
+        if mode == "cls":
+            return h[:, 0]
+        sums = h.float().sum(1)
+    if mode != "mean":
+        raise ValueError(f"pooling must be one of {POOLING}, got {mode!r}")
+    return (sums / inputs.lengths.to(h.device).clamp_min(1)[:, None]).to(h.dtype)
+
+
+class Task(nn.Module):
+    """A task's head and its loss, predictions and metric. Subclasses set `metric` and override."""
+
+    metric = "accuracy"  # the key of score() that ranks checkpoints (higher is better)
+    cross = False  # encode a pair as one sequence (cross-encoder) instead of one sequence per text
+
+    def __init__(self, name: str, cfg: dict, config: BertConfig):
+        super().__init__()
+        self.name, self.cfg, self.hidden_size = name, cfg, config.hidden_size
+        self.pooling = cfg.get("pooling", "mean")
+        if self.pooling not in POOLING:
+            raise ValueError(f"{name}: pooling must be one of {POOLING}, got {self.pooling!r}")
+
+    def encode(self, examples: Sequence[Example], tokenizer, max_length: int) -> batching.Encoded:
+        return batching.encode(examples, tokenizer, max_length, self.cross)
+
+    def embed(self, encode: Encode, batch: batching.TaskBatch) -> torch.Tensor:
+        """[views, n, hidden] pooled embeddings, in fp32."""
+        e = pool(encode(batch.inputs), batch.inputs, self.pooling).float()
+        return e.view(batch.views, len(batch), -1)
+
+    def loss(self, encode: Encode, batch: batching.TaskBatch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predict(self, encode: Encode, batch: batching.TaskBatch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score(self, pred: np.ndarray, gold: np.ndarray) -> dict[str, float]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self, encode: Encode, loader: batching.Loader, progress=None) -> tuple[dict, np.ndarray]:
+        """(metrics, predictions in example order) over a loader's examples (no metrics without labels)."""
+        index, preds = [], []
+        for b in loader:
+            index.append(b.index.numpy())
+            preds.append(self.predict(encode, b).cpu().numpy())
+            if progress is not None:
+                progress.update(1)
+        preds = np.concatenate(preds)[np.argsort(np.concatenate(index))]
+        metrics = self.score(preds, np.array(loader.data.labels)) if loader.data.labels is not None else {}
+        return metrics, preds

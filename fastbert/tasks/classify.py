@@ -1,0 +1,31 @@
+"""Single-sentence classification (SST-5, SST-2, Yelp, CFIMDB): dropout + linear on the sentence
+embedding, cross entropy, accuracy."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import nn
+
+from fastbert.tasks import metrics
+from fastbert.tasks.base import Task
+
+DEFAULTS = {"num_labels": 2, "dropout": 0.1}
+
+
+class Classify(Task):
+    metric = "accuracy"
+
+    def __init__(self, name, cfg, config):
+        super().__init__(name, cfg, config)
+        self.head = nn.Sequential(nn.Dropout(cfg["dropout"]), nn.Linear(self.hidden_size, cfg["num_labels"]))
+
+    def logits(self, encode, batch):
+        return self.head(self.embed(encode, batch)[0])
+
+    def loss(self, encode, batch):
+        return F.cross_entropy(self.logits(encode, batch).float(), batch.labels)
+
+    def predict(self, encode, batch):
+        return self.logits(encode, batch).argmax(-1)
+
+    def score(self, pred, gold):
+        return {"accuracy": metrics.accuracy(pred, gold)}

@@ -1,0 +1,47 @@
+"""Sentence-pair similarity scores (STS, SICK relatedness), Pearson correlation.
+
+encoder: "bi"     Sentence-BERT, no parameters: predict score_max * cos(u, v); loss
+                    cosine_mse   (score_max * cos(u, v) - score)^2
+                    contrastive  margin loss on cosine distance with label score / score_max
+         "cross"  one sequence [CLS] a [SEP] b [SEP] -> dropout + linear -> one score, squared error
+"""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import nn
+
+from fastbert.tasks import losses, metrics
+from fastbert.tasks.base import Task
+
+DEFAULTS = {"encoder": "bi", "loss": "cosine_mse", "dropout": 0.1, "margin": 0.5, "score_max": 5.0}
+
+
+class Similarity(Task):
+    metric = "pearson"
+
+    def __init__(self, name, cfg, config):
+        super().__init__(name, cfg, config)
+        self.kind, self.loss_name, self.score_max = cfg["encoder"], cfg["loss"], float(cfg["score_max"])
+        if self.kind not in ("bi", "cross"):
+            raise ValueError(f"{name}: encoder must be 'bi' or 'cross', got {self.kind!r}")
+        if self.kind == "bi" and self.loss_name not in ("cosine_mse", "contrastive"):
+            raise ValueError(f"{name}: a bi-encoder takes loss 'cosine_mse' or 'contrastive', got {self.loss_name!r}")
+        self.cross = self.kind == "cross"
+        self.head = nn.Sequential(nn.Dropout(cfg["dropout"]), nn.Linear(self.hidden_size, 1)) if self.cross else None
+
+    def loss(self, encode, batch):
+        e, y = self.embed(encode, batch), batch.labels
+        if self.cross:
+            return F.mse_loss(self.head(e[0]).float().squeeze(-1), y)
+        if self.loss_name == "cosine_mse":
+            return losses.cosine_mse(e[0], e[1], y, self.score_max)
+        return losses.margin_contrastive(e[0], e[1], y / self.score_max, self.cfg["margin"])
+
+    def predict(self, encode, batch):
+        e = self.embed(encode, batch)
+        if self.cross:
+            return self.head(e[0]).float().squeeze(-1)
+        return self.score_max * F.cosine_similarity(e[0], e[1], dim=-1)
+
+    def score(self, pred, gold):
+        return {"pearson": metrics.pearson(pred, gold)}

@@ -1,0 +1,133 @@
+"""Checkpoints: Hugging Face weights, task heads and the trainer state, each written atomically.
+
+    run_dir/checkpoints/step-00000120/
+        config.json, model.safetensors  the encoder in the Hugging Face layout (BertModel; BertForMaskedLM,
+                                        head included, when the run trains an MLM head), tokenizer.json
+        heads.safetensors               the other task heads, keys "<task>.<parameter>"
+        trainer.pt                      step, optimizer, scheduler, loss scaler, RNG states, data positions,
+                                        routine state, best score (what --resume needs)
+        fastbert.yaml                   the run's resolved settings (evaluate / predict rebuild tasks from it)
+    run_dir/last, run_dir/best          symlinks to step directories
+
+A step directory is written under a temporary name and renamed when complete; the links are replaced
+with os.replace. A run killed at any moment leaves a complete `last` (or, between two renames, a
+complete newest step directory, which `find_last` falls back to).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from fastbert import pretrained
+from fastbert.model import BertForMaskedLM
+
+
+def _step_dir(run_dir: str, step: int) -> str:
+    return os.path.join(run_dir, "checkpoints", f"step-{step:08d}")
+
+
+def save(run_dir: str, step: int, model, trainer: dict, cfg: dict) -> str:
+    """Write step `step` (unless already written) and point `last` at it."""
+    final = _step_dir(run_dir, step)
+    if not os.path.isdir(final):
+        tmp = os.path.join(run_dir, "checkpoints", f".tmp-step-{step:08d}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        save_weights(tmp, model)
+        torch.save(trainer, os.path.join(tmp, "trainer.pt"))
+        with open(os.path.join(tmp, "fastbert.yaml"), "w", encoding="utf-8") as f:
+            yaml.safe_dump(cfg, f, sort_keys=False)
+        os.rename(tmp, final)
+    link(run_dir, "last", final)
+    return final
+
+
+def save_weights(directory: str, model) -> None:
+    """The encoder (HF layout) and the heads; an MLM head goes with the encoder as BertForMaskedLM."""
+    os.makedirs(directory, exist_ok=True)
+    mlm = [t for t in model.tasks.values() if t.cfg["kind"] == "mlm"]
+    if mlm:
+        with torch.random.fork_rng(devices=[]):  # building the view initialises a head: keep the RNG as it was
+            view = BertForMaskedLM(model.encoder.config, bert=model.encoder)
+        view.cls = mlm[0].head
+        pretrained.save_model(view, directory)
+    else:
+        pretrained.save_model(model.encoder, directory)
+    if model.tokenizer is not None:
+        model.tokenizer.save_pretrained(directory)
+    heads = {f"{name}.{k}": v.detach().cpu().contiguous() for name, task in model.tasks.items()
+             if task.cfg["kind"] != "mlm" for k, v in task.state_dict().items()}
+    save_file(heads, os.path.join(directory, "heads.safetensors"))
+
+
+def load_heads(directory: str, model) -> list[str]:
+    """Load saved heads into the model's tasks; returns the tasks that got weights."""
+    path = os.path.join(directory, "heads.safetensors")
+    state = load_file(path) if os.path.exists(path) else {}
+    loaded = []
+    for name, task in model.tasks.items():
+        if task.cfg["kind"] == "mlm":  # BertForMaskedLM layout: the head sits with the encoder
+            raw = pretrained.to_fastbert(pretrained.read_state_dict(directory))
+            part = {k[len("cls."):]: v for k, v in raw.items() if k.startswith("cls.")}
+        else:
+            part = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+        if not part:
+            continue
+        try:
+            task.load_state_dict(part)
+        except RuntimeError as e:
+            raise ValueError(f"{directory}: the saved head of task {name!r} does not fit its settings "
+                             f"(trained with another encoder/loss?): {e}") from None
+        loaded.append(name)
+    return loaded
+
+
+def link(run_dir: str, name: str, target: str) -> None:
+    tmp = os.path.join(run_dir, f".{name}.tmp")
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(os.path.relpath(target, run_dir), tmp)
+    os.replace(tmp, os.path.join(run_dir, name))
+
+
+def prune(run_dir: str) -> None:
+    """Delete step directories that neither `last` nor `best` points at."""
+    keep = {os.path.realpath(os.path.join(run_dir, n)) for n in ("last", "best")}
+    root = os.path.join(run_dir, "checkpoints")
+    for d in os.listdir(root):
+        path = os.path.join(root, d)
+        if os.path.realpath(path) not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def find_last(run_dir: str) -> str | None:
+    """The checkpoint to resume from: `last`, else the newest complete step directory."""
+    last = os.path.join(run_dir, "last")
+    if os.path.isdir(last):
+        return os.path.realpath(last)
+    root = os.path.join(run_dir, "checkpoints")
+    steps = sorted(d for d in os.listdir(root) if d.startswith("step-")) if os.path.isdir(root) else []
+    return os.path.join(root, steps[-1]) if steps else None
+
+
+def load_trainer(directory: str) -> dict:
+    return torch.load(os.path.join(directory, "trainer.pt"), map_location="cpu", weights_only=True)
+
+
+def saved_config(directory: str) -> dict | None:
+    path = os.path.join(directory, "fastbert.yaml")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def load_weights(directory: str, model) -> None:
+    """Weights of a checkpoint into a model built with the same settings (encoder, then heads)."""
+    state = pretrained.to_fastbert(pretrained.read_state_dict(directory))
+    model.encoder.load_state_dict({k: v for k, v in state.items() if not k.startswith("cls.")})
+    load_heads(directory, model)

@@ -1,0 +1,210 @@
+"""How batches from several tasks become one optimizer update.
+
+A routine calls `loss(task)` (the next batch of that task -> its scalar loss) and `backward(tensor)`
+(gradients accumulate into .grad, loss scaling inside), and knows nothing else of a task. B_t below is
+task t's batches per epoch of its data; smaller data sets are cycled, each in its own shuffled epochs.
+
+  sequential  task after task: N_t passes over task t with N_t * B_t about equal (N_t = max B // B_t),
+              one epoch = sum N_t * B_t steps (report 2's sequential routine)
+  additive    every step sums one batch loss of every task; epoch = max B steps (report 1's round robin)
+  parallel    one task per step, rotating; epoch = tasks * max B steps (report 2's parallel routine)
+  weighted    every task's loss each step, gradient sum_t w_t grad L_t with w = softmax of the loss
+              improvements L_{t-1} - L_t (report 1); `standardize` divides each improvement by the
+              task's running mean loss, so tasks with differently scaled losses compare
+  stochastic  the same weights, but the step follows one task sampled from them (report 1)
+  pcgrad      every task's gradient; each is projected off the others it conflicts with on the shared
+              encoder (negative dot product), then summed (Yu et al. 2020, gradient surgery)
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+LossFn = Callable[[str], torch.Tensor]
+Backward = Callable[[torch.Tensor], None]
+
+
+class Routine:
+    def __init__(self, tasks: list[str], batches: dict[str, int], seed: int = 0, standardize: bool = False):
+        if not tasks:
+            raise ValueError("a routine needs at least one task")
+        self.tasks, self.batches = list(tasks), dict(batches)
+        self.most = max(self.batches[t] for t in self.tasks)
+        self.info: dict = {}  # what the last step decided (weights, task), for the log
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.most
+
+    def step(self, step: int, loss: LossFn, backward: Backward, shared: list[torch.nn.Parameter]) -> dict:
+        """One update's gradients; returns {task: loss value} of the tasks it ran."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class Sequential(Routine):
+    def __init__(self, tasks, batches, seed=0, standardize=False):
+        super().__init__(tasks, batches)
+        self.passes = {t: max(1, self.most // self.batches[t]) for t in self.tasks}
+        self.plan = [(t, self.passes[t] * self.batches[t]) for t in self.tasks]
+
+    @property
+    def steps_per_epoch(self):
+        return sum(n for _, n in self.plan)
+
+    def task_at(self, step: int) -> str:
+        s = step % self.steps_per_epoch
+        for t, n in self.plan:
+            if s < n:
+                return t
+            s -= n
+        raise AssertionError("unreachable")
+
+    def step(self, step, loss, backward, shared):
+        t = self.task_at(step)
+        value = loss(t)
+        backward(value)
+        self.info = {"task": t}
+        return {t: value.item()}
+
+
+class Additive(Routine):
+    def step(self, step, loss, backward, shared):
+        out = {}
+        for t in self.tasks:  # one backward per task: the same gradient sum, less activation memory
+            value = loss(t)
+            backward(value)
+            out[t] = value.item()
+        return out
+
+
+class Parallel(Routine):
+    @property
+    def steps_per_epoch(self):
+        return len(self.tasks) * self.most
+
+    def step(self, step, loss, backward, shared):
+        t = self.tasks[step % len(self.tasks)]
+        value = loss(t)
+        backward(value)
+        self.info = {"task": t}
+        return {t: value.item()}
+
+
+class Weighted(Routine):
+    def __init__(self, tasks, batches, seed=0, standardize=False):
+        super().__init__(tasks, batches)
+        self.standardize = standardize
+        self.prev: dict[str, float] = {}
+        self.mean: dict[str, float] = {}  # running mean loss per task (standardize)
+
+    def weights(self, losses: dict[str, float]) -> np.ndarray:
+        gain = []
+        for t in self.tasks:
+            g = self.prev[t] - losses[t] if t in self.prev else 0.0
+            if self.standardize:
+                self.mean[t] = losses[t] if t not in self.mean else 0.9 * self.mean[t] + 0.1 * losses[t]
+                g /= max(self.mean[t], 1e-8)
+            gain.append(g)
+        self.prev = dict(losses)
+        e = np.exp(np.array(gain) - max(gain))
+        return e / e.sum()
+
+    def _losses(self, loss):
+        tensors = {t: loss(t) for t in self.tasks}
+        w = self.weights({t: v.item() for t, v in tensors.items()})
+        self.info = {"weights": {t: round(float(x), 4) for t, x in zip(self.tasks, w)}}
+        return tensors, w
+
+    def step(self, step, loss, backward, shared):
+        tensors, w = self._losses(loss)
+        backward(sum(float(wi) * tensors[t] for t, wi in zip(self.tasks, w)))
+        return {t: v.item() for t, v in tensors.items()}
+
+    def state_dict(self):
+        return {"prev": dict(self.prev), "mean": dict(self.mean)}
+
+    def load_state_dict(self, state):
+        self.prev, self.mean = dict(state["prev"]), dict(state["mean"])
+
+
+class Stochastic(Weighted):
+    def __init__(self, tasks, batches, seed=0, standardize=False):
+        super().__init__(tasks, batches, seed, standardize)
+        self.rng = np.random.default_rng([seed, 1])
+
+    def step(self, step, loss, backward, shared):
+        tensors, w = self._losses(loss)
+        t = self.tasks[int(self.rng.choice(len(self.tasks), p=w))]
+        backward(tensors[t])
+        self.info["task"] = t
+        return {t: v.item() for t, v in tensors.items()}
+
+    def state_dict(self):
+        return {**super().state_dict(), "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.rng.bit_generator.state = state["rng"]
+
+
+def project_conflicting(grads: list[torch.Tensor], order: list[list[int]]) -> torch.Tensor:
+    """PCGrad: each g_i minus its projections on the g_j it conflicts with (in the given order); summed."""
+    total = torch.zeros_like(grads[0])
+    for i, g in enumerate(grads):
+        g = g.clone()
+        for j in order[i]:
+            dot = torch.dot(g, grads[j])
+            if j != i and dot < 0:
+                g -= dot / grads[j].dot(grads[j]).clamp_min(1e-20) * grads[j]
+        total += g
+    return total
+
+
+class PCGrad(Routine):
+    def __init__(self, tasks, batches, seed=0, standardize=False):
+        super().__init__(tasks, batches)
+        self.rng = np.random.default_rng([seed, 2])
+
+    def step(self, step, loss, backward, shared):
+        out, grads, used = {}, [], [False] * len(shared)
+        for t in self.tasks:
+            for p in shared:
+                p.grad = None
+            value = loss(t)
+            backward(value)
+            out[t] = value.item()
+            used = [u or p.grad is not None for u, p in zip(used, shared)]
+            grads.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
+                                    for p in shared]))
+        n = len(self.tasks)
+        total = project_conflicting(grads, [list(self.rng.permutation(n)) for _ in range(n)])
+        offset = 0
+        for p, u in zip(shared, used):  # parameters no task reached keep no gradient (the optimizer skips them)
+            k = p.numel()
+            p.grad = total[offset:offset + k].view_as(p).to(p.dtype).clone() if u else None
+            offset += k
+        return out
+
+    def state_dict(self):
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state):
+        self.rng.bit_generator.state = state["rng"]
+
+
+ROUTINES = {"sequential": Sequential, "additive": Additive, "parallel": Parallel, "weighted": Weighted,
+            "stochastic": Stochastic, "pcgrad": PCGrad}
+
+
+def build(name: str, tasks: list[str], batches: dict[str, int], seed: int = 0, standardize: bool = False) -> Routine:
+    if name not in ROUTINES:
+        raise ValueError(f"unknown routine {name!r}; choose one of {list(ROUTINES)}")
+    return ROUTINES[name](tasks, batches, seed, standardize)

@@ -1,0 +1,295 @@
+"""The stages: pretrain, nli, contrastive, single, multitask (training), evaluate, predict, chain.
+
+Every training stage is the same thing with different tasks (see the recipes): build the encoder
+(from `init`, a Hugging Face BERT directory or a fastbert checkpoint, else the packaged MiniLM) and
+one head per task (heads found in `init` are loaded), read and tokenize the data, run the loop, print
+the dev table of the best checkpoint. Python API:
+
+    from fastbert.train import config, stages
+    stages.train(config.resolve("multitask", overrides={"max_steps": 100}))
+"""
+from __future__ import annotations
+
+import copy
+import os
+import zlib
+
+import numpy as np
+import torch
+
+from fastbert import tasks as tasks_mod
+from fastbert.config import BertConfig
+from fastbert.data.batching import Encoded, Loader
+from fastbert.model import BertModel
+from fastbert.pretrained import default_path
+from fastbert.tokenizer import BertTokenizer
+from fastbert.train import checkpoint, config, loop
+from fastbert.train.run import Run, atomic_write, default_dir, dev_table
+
+# CS224N submission files: task -> (file prefix, header column)
+CS224N_FILES = {"sst": ("sst", "Predicted_Sentiment"), "quora": ("para", "Predicted_Is_Paraphrase"),
+                "sts": ("sts", "Predicted_Similiarity")}  # [sic]: the starter code's spelling
+
+
+def _seed(cfg: dict, name: str) -> int:
+    return zlib.crc32(f"{name}:{cfg['seed']}".encode())
+
+
+def _limit(cfg: dict, key: str, name: str):
+    v = cfg[key]
+    return v.get(name) if isinstance(v, dict) else v
+
+
+def _subset(data: Encoded, n, seed) -> Encoded:
+    if n is None or n >= len(data):
+        return data
+    return data.subset(np.sort(np.random.default_rng(seed).choice(len(data), int(n), replace=False)))
+
+
+def build(cfg: dict, names: list[str], source: str | None = None) -> loop.Model:
+    """Encoder + tokenizer + a head per task. source: a checkpoint to start from (default cfg init)."""
+    source = source or (_checkpoint_dir(cfg["init"]) if cfg["init"] else None)
+    torch.manual_seed(cfg["seed"])
+    if source is None and cfg["model"]:  # a randomly initialised encoder (tests, scratch runs)
+        encoder = BertModel(BertConfig(**cfg["model"]), backend=cfg["backend"], unpad=cfg["unpad"])
+    else:
+        encoder = BertModel.from_pretrained(source, backend=cfg["backend"], unpad=cfg["unpad"])
+    tok_dir = source if source and any(os.path.exists(os.path.join(source, f))
+                                       for f in ("tokenizer.json", "vocab.txt")) else default_path()
+    tokenizer = BertTokenizer.from_pretrained(tok_dir)
+    if tokenizer.vocab_size > encoder.config.vocab_size:
+        raise ValueError(f"the tokenizer ({tok_dir}) has {tokenizer.vocab_size} tokens, the encoder "
+                         f"{encoder.config.vocab_size}")
+    saved = checkpoint.saved_config(source) if source else None
+    heads = {}
+    for name in names:  # a head this run does not train keeps the settings it was trained with
+        settings = config.task_settings(saved if saved and name not in cfg["tasks"] else cfg, name)
+        heads[name] = tasks_mod.build(name, settings, encoder.config)
+    model = loop.Model(encoder, heads, tokenizer)
+    loaded = checkpoint.load_heads(source, model) if source else []
+    model.untrained = [n for n in names if n not in loaded and n not in cfg["tasks"]
+                       and any(True for _ in model.tasks[n].parameters())]
+    return model
+
+
+def _encode(model, name, examples):
+    task = model.tasks[name]
+    return task.encode(examples, model.tokenizer, task.cfg["max_length"])
+
+
+def load_data(cfg: dict, model: loop.Model, run: Run | None, train: list[str], evaluate: list[str],
+              splits=("dev",)) -> tuple[dict, dict]:
+    """(train loaders, {split: {task: loader}}) with bad rows raised or, with skip_bad_rows, logged."""
+    ddir = config.data_dir(cfg)
+    log = run.log if run else print
+
+    def read(name, split, labeled=True):
+        skipped = [] if cfg["skip_bad_rows"] else None
+        ex = tasks_mod.read_split(name, model.tasks[name].cfg, split, ddir, skipped, labeled)
+        if skipped:
+            log(f"{name} {split}: skipped {len(skipped)} bad rows: " + "; ".join(skipped[:5])
+                + (" ..." if len(skipped) > 5 else ""))
+            if run:
+                run.record({"event": "skipped_rows", "task": name, "split": split, "count": len(skipped),
+                            "rows": skipped})
+        return ex
+
+    loaders, held_out = {}, {}
+    for name in train:
+        s = model.tasks[name].cfg
+        # limits count what the task trains on (SimCSE triplets, MLM blocks), so they apply after encoding
+        data = _subset(_encode(model, name, read(name, "train")), _limit(cfg, "train_limit", name), _seed(cfg, name))
+        if s["kind"] == "mlm":  # dev: a held-out share of the blocks
+            n_dev = max(1, int(round(s["holdout"] * len(data)))) if s["holdout"] > 0 and len(data) > 1 else 0
+            order = np.random.default_rng(_seed(cfg, name)).permutation(len(data))
+            held_out[name], data = data.subset(np.sort(order[:n_dev])), data.subset(np.sort(order[n_dev:]))
+        loaders[name] = Loader(data, model.tokenizer, s["batch_size"], shuffle=True, seed=_seed(cfg, name),
+                               packed=cfg["packed"])
+        log(f"{name}: {len(data)} training examples, {len(loaders[name])} batches of {s['batch_size']}")
+    out = {}
+    for split in splits:
+        out[split] = {}
+        for name in evaluate:
+            s = model.tasks[name].cfg
+            if s["kind"] == "mlm":
+                data = held_out.get(name) if split == "dev" else None
+                if not data:
+                    continue
+            elif not s.get(split):
+                log(f"{name}: no {split} file, not evaluated")
+                continue
+            else:
+                data = _encode(model, name, read(name, split, labeled=split != "test"))
+                if split == "dev":  # test predictions are always complete
+                    data = _subset(data, _limit(cfg, "eval_limit", name), _seed(cfg, name))
+            out[split][name] = Loader(data, model.tokenizer, cfg["eval_batch_size"], shuffle=False,
+                                      seed=_seed(cfg, name), packed=cfg["packed"])
+    return loaders, out
+
+
+def _eval_names(cfg: dict, saved: dict | None = None) -> list[str]:
+    """The tasks trained, then those evaluated (eval_tasks, else those of the checkpoint's own run)."""
+    extra = cfg.get("eval_tasks") or (_eval_names(saved) if saved else [])
+    return list(dict.fromkeys([*cfg["tasks"], *extra]))
+
+
+def set_threads(cfg: dict) -> int:
+    """torch's CPU threads. "auto": the idle cores. On a shared machine a thread per core runs several
+    times slower than one thread (OpenMP threads wait on each other's descheduled peers)."""
+    n = cfg["threads"]
+    if n == "auto":
+        n = max(1, (os.cpu_count() or 1) - int(round(os.getloadavg()[0])))
+    if n:
+        torch.set_num_threads(int(n))
+    return torch.get_num_threads()
+
+
+def _run_dir(cfg: dict) -> tuple[str, str | None]:
+    """(run directory, checkpoint to resume from)."""
+    path = cfg["run_dir"] or default_dir(cfg["stage"], cfg["resume"])
+    last = checkpoint.find_last(path)
+    if last and not cfg["resume"]:
+        raise FileExistsError(f"{path} holds checkpoints already: --resume continues it, or pick another --run_dir")
+    return path, last if cfg["resume"] else None
+
+
+def train(cfg: dict) -> dict:
+    """Run a training stage (pretrain, nli, contrastive, single, multitask); returns its result."""
+    set_threads(cfg)
+    path, resume = _run_dir(cfg)
+    config.data_dir(cfg)  # fail before the model loads
+    names = _eval_names(cfg)
+    model = build(cfg, names, source=resume)
+    # the run's settings, with every task's in full: a checkpoint rebuilds its heads from them alone
+    cfg = {**cfg, "run_dir": path, **{n: dict(model.tasks[n].cfg) for n in names}}
+    run = Run(path, cfg)
+    if cfg["resume"] and resume is None:
+        run.log(f"--resume: nothing saved in {path} yet, starting from the beginning")
+    for n in model.untrained:
+        run.log(f"warning: task {n} is evaluated but neither trained here nor found in init: its head is random")
+    device = loop.device_of(cfg)
+    run.log(f"{cfg['stage']}: tasks {cfg['tasks']} (evaluated: {names}), routine {cfg['routine']}, "
+            f"precision {cfg['precision']} -> {loop.precision(cfg, device) or 'fp32'}, device {device}, "
+            f"backend {cfg['backend']}, {torch.get_num_threads()} CPU threads, run dir {run.path}")
+    loaders, evals = load_data(cfg, model, run, cfg["tasks"], names)
+    state = loop.train(cfg, run, model, loaders, evals["dev"], resume)
+    best = state["best"]
+    note = (f"best checkpoint: step {best['step']} of {state['step']}"
+            + (f"; dev limited to {cfg['eval_limit']} examples per task" if cfg["eval_limit"] else ""))
+    table = dev_table(best["dev"], {t: model.tasks[t].metric for t in best["dev"]}, note)
+    atomic_write(os.path.join(run.path, "dev_table.md"), table)
+    run.record({"step": state["step"], "final": best})
+    run.log("dev results (best checkpoint):\n" + table, echo=False)
+    print(table)
+    if cfg["predict"]:
+        checkpoint.load_weights(os.path.join(run.path, "best"), model)
+        write_predictions(cfg, model, run, names)
+    return {"run_dir": run.path, **state}
+
+
+def _checkpoint_dir(path: str) -> str:
+    """A checkpoint directory: the path itself, or a run directory's best (else last)."""
+    for sub in ("", "best", "last"):
+        d = os.path.join(path, sub)
+        if os.path.exists(os.path.join(d, "config.json")):
+            return os.path.realpath(d)
+    raise FileNotFoundError(f"{path}: not a checkpoint (no config.json) nor a run directory with best/ or last/")
+
+
+def _for_checkpoint(cfg: dict) -> tuple[loop.Model, Run, list[str]]:
+    source = _checkpoint_dir(cfg["init"]) if cfg["init"] else None
+    saved = checkpoint.saved_config(source) if source else None
+    names = _eval_names(cfg, saved) or ["sst", "quora", "sts"]
+    model = build(cfg, names)
+    run = Run(cfg["run_dir"] or default_dir(cfg["stage"], False), {**cfg, "init": source})
+    for n in model.untrained:
+        run.log(f"warning: {source or 'the packaged checkpoint'} has no head for task {n}: it is random")
+    return model, run, names
+
+
+def evaluate(cfg: dict) -> dict:
+    """Dev metrics of a checkpoint (`init`: a checkpoint or run directory; none: the packaged MiniLM)."""
+    set_threads(cfg)
+    model, run, names = _for_checkpoint(cfg)
+    _, evals = load_data(cfg, model, run, [], names)
+    device = loop.device_of(cfg)
+    dev, _ = loop.evaluate(model.to(device), evals["dev"], device, loop.precision(cfg, device), cfg["progress"])
+    table = dev_table(dev, {t: model.tasks[t].metric for t in dev})
+    atomic_write(os.path.join(run.path, "dev_table.md"), table)
+    run.record({"step": 0, "dev": dev})
+    print(table)
+    return {"run_dir": run.path, "dev": dev}
+
+
+def predict(cfg: dict) -> dict:
+    """Prediction files (CS224N format) for the dev and test files of a checkpoint's tasks."""
+    set_threads(cfg)
+    model, run, names = _for_checkpoint(cfg)
+    return {"run_dir": run.path, "files": write_predictions(cfg, model, run, names)}
+
+
+def write_predictions(cfg: dict, model: loop.Model, run: Run, names: list[str]) -> list[str]:
+    """<run>/predictions/{sst,para,sts}-{dev,test}-output.csv ("id \\t Predicted_... " then "id , value")."""
+    _, evals = load_data({**cfg, "eval_limit": None}, model, run, [], names, splits=("dev", "test"))  # complete files
+    device = loop.device_of(cfg)
+    out_dir = os.path.join(run.path, "predictions")
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for split, loaders in evals.items():
+        loaders = {t: ld for t, ld in loaders.items() if model.tasks[t].cfg["kind"] != "mlm"}
+        dev, preds = loop.evaluate(model.to(device), loaders, device, loop.precision(cfg, device), cfg["progress"])
+        for t, p in preds.items():
+            prefix, column = CS224N_FILES.get(t, (t, "Predicted"))
+            path = os.path.join(out_dir, f"{prefix}-{split}-output.csv")
+            lines = [f"id \t {column} \n"]
+            lines += [f"{i} , {_fmt(t, v)} \n" for i, v in zip(loaders[t].data.ids, p)]
+            atomic_write(path, "".join(lines))
+            written.append(path)
+        if split == "dev" and dev:
+            run.log("dev results:\n" + dev_table(dev, {t: model.tasks[t].metric for t in dev}))
+    run.log("predictions: " + ", ".join(written))
+    return written
+
+
+def _fmt(task: str, v) -> str:
+    if task == "quora":
+        return f"{float(v):.1f}"  # the starter code writes paraphrase labels as 0.0 / 1.0
+    return str(int(v)) if isinstance(v, (int, np.integer)) else f"{float(v):.6g}"
+
+
+def chain(recipe: dict, overrides: dict | None = None) -> dict:
+    """Stages in a row, each starting from the previous one's best checkpoint.
+
+    recipe: shared settings plus `chain`, a list of stage settings (each with `stage`). Each link runs in
+    <run_dir>/<i>-<stage>; a finished link (dev_table.md written) is skipped when the chain resumes.
+    """
+    merged = config.merge(recipe, overrides or {})
+    links = merged.pop("chain", None)
+    if not links:
+        raise config.ConfigError("a chain recipe needs `chain: [{stage: ...}, ...]`")
+    merged.pop("stage", None)
+    resume = bool(merged.pop("resume", False))
+    root = merged.pop("run_dir", None) or default_dir("chain", resume)
+    init = merged.pop("init", None)
+    result = None
+    for i, link in enumerate(links):
+        link = copy.deepcopy(link)
+        stage = link.pop("stage", None)
+        if stage not in ("pretrain", "nli", "contrastive", "single", "multitask"):
+            raise config.ConfigError(f"chain link {i}: stage must be a training stage, got {stage!r}")
+        path = os.path.join(root, f"{i}-{stage}")
+        link_cfg = config.resolve(stage, config.merge(merged, link),
+                                  {"run_dir": path, "init": link.get("init", init),
+                                   "resume": resume and bool(checkpoint.find_last(path))})
+        if os.path.exists(os.path.join(path, "dev_table.md")):
+            print(f"chain: {path} is done, skipping")
+        else:
+            result = train(link_cfg)
+        init = os.path.realpath(os.path.join(path, "best"))
+    with open(os.path.join(root, f"{len(links) - 1}-{links[-1]['stage']}", "dev_table.md"), encoding="utf-8") as f:
+        atomic_write(os.path.join(root, "dev_table.md"), f.read())
+    return {"run_dir": root, "last": result}
+
+
+STAGES = {"pretrain": train, "nli": train, "contrastive": train, "single": train, "multitask": train,
+          "evaluate": evaluate, "predict": predict}

@@ -1,0 +1,111 @@
+import os
+
+import pytest
+import torch
+
+from fastbert import BertConfig, BertModel
+from fastbert.train import config, optim
+
+
+def test_overrides_parse_like_yaml():
+    o = config.parse_overrides(["--lr", "1e-5", "--tasks", "[sst, quora]", "--quora.encoder", "cross",
+                                "--skip-bad-rows", "--max_steps=7", "--eval_limit", "{quora: 100}", "--init", "null"])
+    assert o == {"lr": 1e-5, "tasks": ["sst", "quora"], "quora": {"encoder": "cross"}, "skip_bad_rows": True,
+                 "max_steps": 7, "eval_limit": {"quora": 100}, "init": None}
+    with pytest.raises(config.ConfigError, match="expected --key value"):
+        config.parse_overrides(["lr", "1"])
+
+
+def test_resolve_layers_defaults_recipe_overrides():
+    cfg = config.resolve("multitask", {"lr": 3e-5, "quora": {"encoder": "cross"}}, {"quora": {"loss": "softmax"},
+                                                                                   "tasks": "sst,quora"})
+    assert cfg["lr"] == 3e-5 and cfg["quora"] == {"encoder": "cross", "loss": "softmax"}
+    assert cfg["tasks"] == ["sst", "quora"] and cfg["stage"] == "multitask" and cfg["optimizer"] == "adamw"
+    single = config.resolve("single", None, {"task": "sts"})
+    assert single["tasks"] == ["sts"]
+    assert config.task_settings(single, "sts")["encoder"] == "bi"
+    assert config.resolve("multitask")["tasks"] == ["sst", "quora", "sts"]  # the packaged recipe
+
+
+@pytest.mark.parametrize("stage, recipe, overrides, message", [
+    ("multitask", None, {"lrr": 1}, "unknown setting 'lrr'"),
+    ("train", None, {}, "unknown stage 'train'"),
+    ("single", None, {"tasks": ["sst", "sts"], "task": None}, "trains one task"),
+    ("multitask", {"stage": "nli"}, {}, "the recipe is for stage 'nli'"),
+    ("multitask", {}, {"sst": 3}, "task settings 'sst' must be a mapping"),
+    ("nli", {"tasks": []}, {}, "needs tasks"),
+])
+def test_bad_settings(stage, recipe, overrides, message):
+    with pytest.raises(config.ConfigError, match=message):
+        config.resolve(stage, recipe, overrides)
+
+
+def test_packaged_recipes_resolve():
+    names = [f[:-5] for f in os.listdir(config.RECIPES) if f.endswith(".yaml")]
+    assert {"multitask", "pretrain", "nli", "contrastive", "single", "report1_best"} <= set(names)
+    for name in names:
+        recipe = config.load_recipe(name)
+        if "chain" in recipe:
+            for link in recipe["chain"]:
+                config.resolve(link["stage"], config.merge({k: v for k, v in recipe.items()
+                                                            if k not in ("chain", "stage")}, link))
+        else:
+            config.resolve(recipe["stage"], recipe)
+    with pytest.raises(config.ConfigError, match="no recipe 'nope'"):
+        config.load_recipe("nope")
+
+
+def test_data_dir_setting_env_and_search(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTBERT_DATA", str(tmp_path))
+    assert config.data_dir({"data_dir": None}) == str(tmp_path)
+    with pytest.raises(config.ConfigError, match="is not a directory"):
+        config.data_dir({"data_dir": str(tmp_path / "nope")})
+    monkeypatch.delenv("FASTBERT_DATA")
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "a" / "b")  # a worktree two levels below the shared folder's parent
+    found = config.data_dir({"data_dir": None})
+    assert os.path.isdir(found) and found.endswith(os.path.join("shared", "data"))
+
+
+def test_layer_wise_lr_decay_and_no_decay_groups():
+    enc = BertModel(BertConfig(hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32))
+    heads = torch.nn.Linear(16, 2)
+    cfg = {**config.DEFAULTS, "lr": 1.0, "layer_decay": 0.5, "head_lr": 10.0, "weight_decay": 0.1}
+    groups = optim.param_groups(enc, heads, cfg)
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    wd_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    layer = enc.encoder.layer
+    assert lr_of[id(layer[2].attention.self.qkv.weight)] == 1.0
+    assert lr_of[id(layer[1].output.dense.weight)] == 0.5 and lr_of[id(layer[0].output.dense.weight)] == 0.25
+    assert lr_of[id(enc.embeddings.word_embeddings.weight)] == 0.125
+    assert lr_of[id(enc.pooler.dense.weight)] == 1.0 and lr_of[id(heads.weight)] == 10.0
+    assert wd_of[id(layer[0].output.LayerNorm.weight)] == 0.0 and wd_of[id(heads.bias)] == 0.0
+    assert wd_of[id(layer[0].output.dense.weight)] == 0.1
+    assert sum(len(g["params"]) for g in groups) == len(list(enc.parameters())) + 2
+    opt = optim.build(groups, cfg)
+    assert isinstance(opt, torch.optim.AdamW) and not optim.clips_itself(opt)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine", "constant"])
+def test_schedules(kind):
+    f = optim.schedule({"warmup": 0.1, "schedule": kind}, 100)
+    assert f(0) == pytest.approx(1 / 11) and f(9) == pytest.approx(10 / 11) and f(10) == 1.0
+    if kind == "constant":
+        assert f(99) == 1.0
+    else:
+        assert f(55) == pytest.approx(0.5) and f(99) < 0.02
+    assert optim.schedule({"warmup": 5, "schedule": kind}, 100)(4) == pytest.approx(5 / 6)
+
+
+def test_threads_setting():
+    import torch
+
+    from fastbert.train.stages import set_threads
+    before = torch.get_num_threads()
+    try:
+        assert set_threads({"threads": 1}) == 1
+        assert 1 <= set_threads({"threads": "auto"}) <= (os.cpu_count() or 1)
+        assert set_threads({"threads": None}) >= 1
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,32 @@
+import pytest
+import torch
+
+from fastbert import BertConfig, BertModel, BertTokenizer
+from fastbert.train import loop
+
+
+def test_freeze_schedules():
+    assert loop.frozen_at(True, 5) and not loop.frozen_at(False, 5) and not loop.frozen_at(None, 0)
+    assert [loop.frozen_at([2, 4], s) for s in range(6)] == [False, False, True, True, False, False]
+    assert [loop.frozen_at([3, None], s) for s in (2, 3, 100)] == [False, True, True]
+
+
+def test_frozen_encode_has_no_gradient_and_no_dropout():
+    enc = BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                               hidden_dropout_prob=0.5), backend="reference").train()
+    batch = BertTokenizer.from_pretrained()(["a lovely film", "no"])
+    frozen = loop.Encode(enc, frozen=True)
+    a, b = frozen(batch).last_hidden_state, frozen(batch).last_hidden_state
+    assert not a.requires_grad and torch.equal(a, b) and enc.training
+    assert not frozen.word_embeddings.requires_grad
+    live = loop.Encode(enc)(batch).last_hidden_state
+    assert live.requires_grad and not torch.equal(live, a)  # dropout on
+
+
+@pytest.mark.parametrize("setting, dtype", [("fp32", None), ("bf16", torch.bfloat16)])
+def test_precision_settings(setting, dtype):
+    assert loop.precision({"precision": setting}, torch.device("cpu")) == dtype
+    with pytest.raises(ValueError, match="fp16 needs CUDA"):
+        loop.precision({"precision": "fp16"}, torch.device("cpu"))
+    with pytest.raises(ValueError, match="precision must be"):
+        loop.precision({"precision": "fp8"}, torch.device("cpu"))
