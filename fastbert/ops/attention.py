@@ -90,13 +90,14 @@ def attention_reference(q, k, v, seqlens, dropout_p=0.0, scale=None, seed=0):
     scale = scale if scale is not None else 1.0 / math.sqrt(D)
     qf, kf, vf = (t.float().transpose(1, 2) for t in (q, k, v))  # [B, H, S, D]
     valid = torch.arange(S, device=q.device)[None, :] < seqlens.to(q.device)[:, None]  # [B, S]
-    scores = torch.matmul(qf, kf.transpose(-1, -2)) * scale
-    scores = scores.masked_fill(~valid[:, None, None, :], torch.finfo(torch.float32).min)
-    probs = torch.softmax(scores, dim=-1)
-    if dropout_p > 0:
-        keep = philox.keep_mask_attention(seed, dropout_p, B, H, S, S, q.device)
-        probs = probs * keep * (1.0 / (1.0 - dropout_p))
-    out = torch.matmul(probs, vf).transpose(1, 2)  # [B, S, H, D]
+    with torch.autocast(q.device.type, enabled=False):  # fp32 math under autocast too
+        scores = torch.matmul(qf, kf.transpose(-1, -2)) * scale
+        scores = scores.masked_fill(~valid[:, None, None, :], torch.finfo(torch.float32).min)
+        probs = torch.softmax(scores, dim=-1)
+        if dropout_p > 0:
+            keep = philox.keep_mask_attention(seed, dropout_p, B, H, S, S, q.device)
+            probs = probs * keep * (1.0 / (1.0 - dropout_p))
+        out = torch.matmul(probs, vf).transpose(1, 2)  # [B, S, H, D]
     return (out * valid[:, :, None, None]).to(q.dtype)
 
 
