@@ -30,12 +30,15 @@ from bench.conftest import (MODEL_SHAPES, QUICK, Runner, device_name, forward_fl
 COMPILE = not QUICK and os.environ.get("FASTBERT_BENCH_COMPILE", str(int(device_name() == "cuda"))) not in ("", "0")
 
 
-def sizes(device: torch.device) -> dict:
-    """Batch sizes and round counts: tiny in quick mode; sized to finish in minutes on a 2-core CPU."""
+def sizes(device: torch.device, shape: str = "minilm") -> dict:
+    """Batch sizes and round counts: tiny in quick mode; on a CPU sized so that the whole suite takes
+    minutes on 2 cores (bert-base rows run half-size batches and fewer rounds)."""
     if QUICK:
         return dict(batch=4, batches=3, rounds=1, warmup=0, infer_batch=8, mem_batch=1, matmul_m=128)
     if device.type == "cuda":
         return dict(batch=32, batches=6, rounds=10, warmup=2, infer_batch=128, mem_batch=32, matmul_m=16384)
+    if shape == "bert-base":
+        return dict(batch=8, batches=3, rounds=2, warmup=1, infer_batch=16, mem_batch=4, matmul_m=2048)
     return dict(batch=16, batches=3, rounds=3, warmup=1, infer_batch=32, mem_batch=4, matmul_m=2048)
 
 
@@ -82,7 +85,7 @@ TRAIN = [(s, v) for s in MODEL_SHAPES for v in ("fastbert", "fastbert-fp32", "hf
 
 @pytest.mark.parametrize("shape,variant", TRAIN, ids=[f"{s}-{v}" for s, v in TRAIN])
 def test_train_step(benchmark, shape, variant, device, tasks, tokenizer):
-    sz = sizes(device)
+    sz = sizes(device, shape)
     batches = [b.to(device) for b in real_batches(tasks, tokenizer, sz["batches"], sz["batch"], seed=1)]
     runner = _runner(variant, shape, device)
 
@@ -105,7 +108,7 @@ INFER = [(s, v) for s in MODEL_SHAPES for v in ("fastbert", "fastbert-fp32", "hf
 
 @pytest.mark.parametrize("shape,variant", INFER, ids=[f"{s}-{v}" for s, v in INFER])
 def test_inference(benchmark, shape, variant, device, tasks, tokenizer):
-    sz = sizes(device)
+    sz = sizes(device, shape)
     batches = [b.to(device) for b in real_batches(tasks, tokenizer, sz["batches"], sz["infer_batch"], seed=2)]
     runner = _runner(variant, shape, device)
 
@@ -155,7 +158,7 @@ MEMORY = [(s, n, v) for s in MODEL_SHAPES for n in (64, 128, 512) for v in ("fas
 
 @pytest.mark.parametrize("shape,seqlen,variant", MEMORY, ids=[f"{s}-{n}-{v}" for s, n, v in MEMORY])
 def test_train_memory(benchmark, shape, seqlen, variant, device, data_dir, tokenizer):
-    sz = sizes(device)
+    sz = sizes(device, shape)
     batch = long_batch(data_dir, tokenizer, sz["mem_batch"], seqlen).to(device)
     assert batch.padded.input_ids.shape == (sz["mem_batch"], seqlen)
     runner = _runner(variant, shape, device)

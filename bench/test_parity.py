@@ -3,8 +3,8 @@
 Errors are measured against an fp32 ground truth (Hugging Face's BertModel for the model, fastbert's
 reference backend for the ops) and set beside the error that the baseline itself makes in the same dtype:
 fastbert passes where its error is at most 2x the baseline's, or under the dtype's tolerance.
-Convergence: 200 training steps on real SST / Quora / STS batches (dropout on; fastbert and the reference
-draw the same dropout masks), fastbert's loss curve against the reference backend's, step by step.
+Convergence (as Liger-Kernel's): 200 training steps on real SST / Quora / STS batches, dropout on (fastbert
+and the reference draw the same dropout masks), fastbert's loss curve against the reference backend's.
 """
 import importlib
 
@@ -15,7 +15,8 @@ from bench.conftest import (QUICK, Runner, hf_model, model_config, model_weights
 from fastbert import BertModel, backend, ops, use_backend
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-TOL = {"fp32": 1e-5, "fp16": 1e-3, "bf16": 1e-2}  # relative error a kernel may always have
+TOL = {"fp32": 1e-5, "fp16": 1e-3, "bf16": 1e-2}  # relative error an op may always have
+MODEL_TOL = {"fp32": 1e-4, "fp16": 5e-3, "bf16": 2e-2}  # ... and a whole model (6 layers, 18 ops each)
 
 
 def _dtype(name, device):
@@ -97,7 +98,7 @@ def test_model_parity(benchmark, dtype, device, tasks, tokenizer):
                                 sequences=len(batch.labels), tokens=batch.tokens, errors=errs)
     for part in ("hidden", "pooler", "grads"):
         ours, base = errs["fastbert"][part]["rel"], max(errs["hf"][part]["rel"], errs["reference"][part]["rel"])
-        bound = max(2 * base, TOL[dtype] * 10)  # x10: a whole 6-layer model, not one op
+        bound = max(2 * base, MODEL_TOL[dtype])
         assert ours <= bound, f"{dtype} {part}: fastbert rel error {ours:.2e} > {bound:.2e} (baselines {base:.2e})"
 
 
@@ -183,48 +184,39 @@ CONVERGENCE_TOL = {"fp32": dict(atol=1e-3, rtol=1e-3, update=1e-2),
                    "bf16": dict(atol=5e-2, rtol=5e-2, update=0.5)}
 
 
-def _train(variant, shape, device, weights, batches):
-    torch.manual_seed(1234)  # the dropout seeds: the same sequence for every variant
-    r = Runner(variant, shape, device, weights=weights)
+def _train(variant, device, weights, batches):
+    torch.manual_seed(1234)  # the dropout seeds: the same sequence for both runs
+    r = Runner(variant, "minilm", device, weights=weights)
     start = [p.detach().clone() for p in r.model.parameters()]
     losses = [float(r.train_step(b)) for b in batches]
     update = [p.detach() - s for p, s in zip(r.model.parameters(), start)]
     return losses, update
 
 
-def _smooth(xs, k=20):
-    return [sum(xs[max(0, i - k + 1):i + 1]) / len(xs[max(0, i - k + 1):i + 1]) for i in range(len(xs))]
-
-
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_convergence(benchmark, dtype, device, tasks, tokenizer):
-    """fastbert and the reference train the same model on the same real batches: same loss curve."""
+    """fastbert and the reference train all-MiniLM-L6-v2 on the same real batches: the same loss curve."""
     steps, batch = (20, 4) if QUICK else (200, 8)
     weights = model_weights("minilm")
     batches = [b.to(device) for b in real_batches(tasks, tokenizer, steps, batch, seed=4)]
-    ours_name, ref_name, hf_name = {"fp32": ("fastbert-fp32", "reference-fp32", "hf-fp32"),
-                                    "bf16": ("fastbert", "reference-bf16", "hf-bf16")}[dtype]
-    ref, ref_update = _train(ref_name, "minilm", device, weights, batches)
-    hf, _ = _train(hf_name, "minilm", device, weights, batches)
+    ours_name, ref_name = {"fp32": ("fastbert-fp32", "reference-fp32"), "bf16": ("fastbert", "reference-bf16")}[dtype]
+    ref, ref_update = _train(ref_name, device, weights, batches)
     benchmark.group = "parity: convergence"
-    ours, ours_update = benchmark.pedantic(_train, (ours_name, "minilm", device, weights, batches), rounds=1)
+    ours, ours_update = benchmark.pedantic(_train, (ours_name, device, weights, batches), rounds=1)
 
     tol = CONVERGENCE_TOL[dtype]
     worst = max(abs(a - b) - tol["rtol"] * abs(b) for a, b in zip(ours, ref))
     num = sum(float((a - b).float().pow(2).sum()) for a, b in zip(ours_update, ref_update))
     den = sum(float(b.float().pow(2).sum()) for b in ref_update)
     update_diff = (num / max(den, 1e-30)) ** 0.5
-    tail = max(1, steps // 4)
-    mean = lambda xs: sum(xs[-tail:]) / tail  # noqa: E731
+    quarter = max(1, steps // 4)
     benchmark.extra_info.update(
         kind="convergence", dtype=dtype, shape="minilm", steps=steps, sequences_per_step=batch,
-        variants={"fastbert": ours_name, "reference": ref_name, "hf": hf_name}, tolerance=tol,
-        losses={"fastbert": ours, "reference": ref, "hf": hf},
-        max_abs_loss_diff=max(abs(a - b) for a, b in zip(ours, ref)), update_rel_diff=update_diff,
-        tail_mean={"fastbert": mean(ours), "reference": mean(ref), "hf": mean(hf)})
-    assert all(map(lambda x: x == x and abs(x) < 1e4, ours)), "fastbert's loss is not finite"
+        variants={"fastbert": ours_name, "reference": ref_name}, tolerance=tol,
+        losses={"fastbert": ours, "reference": ref}, max_abs_loss_diff=max(abs(a - b) for a, b in zip(ours, ref)),
+        update_rel_diff=update_diff, first_quarter_loss=sum(ours[:quarter]) / quarter,
+        last_quarter_loss=sum(ours[-quarter:]) / quarter)
+    assert all(x == x and abs(x) < 1e4 for x in ours), "fastbert's loss is not finite"
     assert worst <= tol["atol"], f"{dtype}: a step's loss differs from the reference by more than {tol}"
     assert update_diff <= tol["update"], f"{dtype}: weight updates differ by {update_diff:.2e} (relative)"
-    # Hugging Face draws other dropout masks: only the mean loss of the last quarter is compared (10%)
-    assert abs(mean(ours) - mean(hf)) <= 0.1 * abs(mean(hf)) + 0.05, (mean(ours), mean(hf))
-    assert mean(ours) < sum(ours[:tail]) / tail or QUICK, "the loss did not go down"
+    assert QUICK or sum(ours[-quarter:]) < sum(ours[:quarter]), "the loss did not go down"
