@@ -120,7 +120,7 @@ def _op_call(op, lengths, device):
     """The public op as a function of its tensor inputs; dropout reseeded per call: the same masks."""
     module, _, dropout, approximate = OPS[op]
     cu = torch.tensor([0, *lengths], device=device).cumsum(0).to(torch.int32)
-    gen = torch.Generator(device=device)
+    gen = torch.Generator()  # fastbert draws dropout seeds on the CPU
     if module == "layer_norm":
         return lambda x, w, b, r, ib: ops.layer_norm(x, w, b, 1e-12, residual=r, input_bias=ib, dropout_p=dropout,
                                                      generator=gen.manual_seed(7))
