@@ -17,6 +17,7 @@ import dataclasses
 import datetime
 import importlib
 import os
+import pkgutil
 import platform
 import random
 
@@ -129,14 +130,17 @@ def cpu_model() -> str:
 
 
 def op_backends(dev: torch.device) -> dict[str, str]:
-    """What backend "auto" runs for each fused op on this device (the kernels in force)."""
+    """What backend "auto" runs for each fused op (each fastbert.ops module with KERNELS) on this device."""
+    import fastbert.ops
     from fastbert import backend
 
-    ops = {"layer_norm": "layer_norm", "bias_gelu": "bias_gelu", "attention": "attention",
-           "attention_varlen": "attention"}
+    out = {}
     with backend.use_backend("auto"):
-        return {op: backend.resolve(op, dev, importlib.import_module(f"fastbert.ops.{mod}").KERNELS)
-                for op, mod in ops.items()}
+        for m in pkgutil.iter_modules(fastbert.ops.__path__):
+            kernels = getattr(importlib.import_module(f"fastbert.ops.{m.name}"), "KERNELS", None)
+            if kernels is not None:
+                out[m.name] = backend.resolve(m.name, dev, kernels)
+    return out
 
 
 # -- device, quick mode --------------------------------------------------------------------------------

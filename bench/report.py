@@ -358,25 +358,25 @@ def render(paths: list[str], plots: bool = True) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("json", nargs="*", help="pytest-benchmark JSON files (default: bench/results/*.json)")
-    ap.add_argument("--run", action="store_true", help="run the full suite first, into bench/results/<device>.json")
     ap.add_argument("--out", default=OUT_MD, help="markdown file to write (default: BENCHMARKS.md)")
-    args, pytest_args = ap.parse_known_args(argv)
+    ap.add_argument("--run", nargs=argparse.REMAINDER, metavar="PYTEST_ARGS",
+                    help="run the full suite first, into bench/results/<device>.json (the rest goes to pytest)")
+    args = ap.parse_args(argv)
     code = 0
-    if args.run:
+    if args.run is not None:
         sys.path.insert(0, ROOT)
         from bench.conftest import device_name
 
         out = os.path.join(RESULTS, f"{device_name()}.json")
         code = subprocess.call([sys.executable, "-m", "pytest", "bench/", "--benchmark-only", f"--benchmark-json={out}",
-                                "-q", *pytest_args], cwd=ROOT)
-    elif pytest_args:
-        ap.error(f"unknown arguments {pytest_args} (pytest arguments go with --run)")
+                                "-q", *args.run], cwd=ROOT)
     paths = args.json or sorted(glob.glob(os.path.join(RESULTS, "*.json")))
     if not paths:
         ap.error("no results: run `python bench/report.py --run` first")
     os.makedirs(RESULTS, exist_ok=True)
+    doc = render(paths)
     with open(args.out, "w") as f:
-        f.write(render(paths))
+        f.write(doc)
     print(f"wrote {os.path.relpath(args.out)} from {', '.join(os.path.relpath(p) for p in paths)}")
     return code
 
