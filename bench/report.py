@@ -41,6 +41,15 @@ def fmt(x, digits=3) -> str:
     return f"{x:.{digits}g}" if abs(x) < 1 else f"{x:,.{max(digits - len(str(int(abs(x)))), 0)}f}"
 
 
+def fmt_time(t) -> str:
+    if not t:
+        return "-"
+    for unit, scale in (("s", 1), ("ms", 1e-3), ("us", 1e-6)):
+        if t >= scale:
+            break
+    return f"{t / scale:.3g} {unit}"
+
+
 def table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(c) if not isinstance(c, str) else c for c in r) + " |" for r in rows]
@@ -233,9 +242,9 @@ def other_section(rows) -> str:
             keys += [k for k, v in b.get("extra_info", {}).items()
                      if isinstance(v, (int, float, str, bool)) and k not in keys]
         out += f"**{path}**{f' - {group}' if group else ''}\n\n"
-        body = [[b["name"].split("[", 1)[-1].rstrip("]") if "[" in b["name"] else b["name"], median(b), iqr_pct(b),
+        body = [[b["name"].split("[", 1)[-1].rstrip("]") if "[" in b["name"] else b["name"], fmt_time(median(b)), iqr_pct(b),
                  (b.get("stats") or {}).get("rounds"), *[b.get("extra_info", {}).get(k) for k in keys]] for b in bs]
-        out += table(["benchmark", "median s", "IQR", "rounds", *keys], body) + "\n"
+        out += table(["benchmark", "median", "IQR", "rounds", *keys], body) + "\n"
     return out
 
 

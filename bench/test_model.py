@@ -31,15 +31,15 @@ COMPILE = not QUICK and os.environ.get("FASTBERT_BENCH_COMPILE", str(int(device_
 
 
 def sizes(device: torch.device, shape: str = "minilm") -> dict:
-    """Batch sizes and round counts: tiny in quick mode; on a CPU sized so that the whole suite takes
-    minutes on 2 cores (bert-base rows run half-size batches and fewer rounds)."""
+    """Batch sizes, timed rounds and warm-up rounds (0: one untimed step): tiny in quick mode; on a CPU
+    sized so that the whole suite takes minutes on 2 cores (bert-base: half-size batches, fewer rounds)."""
     if QUICK:
         return dict(batch=4, batches=3, rounds=1, warmup=0, infer_batch=8, mem_batch=1, matmul_m=128)
     if device.type == "cuda":
         return dict(batch=32, batches=6, rounds=10, warmup=2, infer_batch=128, mem_batch=32, matmul_m=16384)
     if shape == "bert-base":
-        return dict(batch=8, batches=3, rounds=2, warmup=1, infer_batch=16, mem_batch=4, matmul_m=2048)
-    return dict(batch=16, batches=3, rounds=3, warmup=1, infer_batch=32, mem_batch=4, matmul_m=2048)
+        return dict(batch=8, batches=3, rounds=2, warmup=0, infer_batch=16, mem_batch=4, matmul_m=2048)
+    return dict(batch=16, batches=3, rounds=3, warmup=0, infer_batch=32, mem_batch=4, matmul_m=2048)
 
 
 @functools.cache
@@ -55,13 +55,18 @@ def _runner(variant, shape, device):
     return Runner(variant, shape, device, weights=_weights(shape))
 
 
-def _warm_up(fn, times, variant):
-    """Run untimed rounds first (compilation, allocator warm-up); a compile failure skips the variant."""
+def _warm_up(round_fn, step_fn, rounds, variant):
+    """Untimed work first: whole rounds where asked (CUDA) or compiling (every batch shape), else one step
+    (optimizer state, allocator, oneDNN primitives). A torch.compile failure skips that variant."""
+    compiled = variant.endswith("-compile")
     try:
-        for _ in range(times or (1 if variant.endswith("-compile") else 0)):
-            fn()
+        if rounds or compiled:
+            for _ in range(max(rounds, 1)):
+                round_fn()
+        elif not QUICK:
+            step_fn()
     except Exception as e:  # noqa: BLE001 - torch.compile "where it works": say why it did not
-        if variant.endswith("-compile"):
+        if compiled:
             pytest.skip(f"torch.compile failed here: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
         raise
 
@@ -95,7 +100,7 @@ def test_train_step(benchmark, shape, variant, device, tasks, tokenizer):
         sync(device)
         return loss
 
-    _warm_up(train_round, sz["warmup"], variant)
+    _warm_up(train_round, lambda: runner.train_step(batches[0]), sz["warmup"], variant)
     benchmark.group = f"train step: {shape}"
     loss = benchmark.pedantic(train_round, rounds=sz["rounds"])
     assert torch.isfinite(loss), f"{variant}: training loss is {loss}"
@@ -117,7 +122,7 @@ def test_inference(benchmark, shape, variant, device, tasks, tokenizer):
         sync(device)
         return out
 
-    _warm_up(infer_round, sz["warmup"], variant)
+    _warm_up(infer_round, lambda: runner.infer(batches[0]), sz["warmup"], variant)
     benchmark.group = f"inference: {shape}"
     out = benchmark.pedantic(infer_round, rounds=sz["rounds"])
     assert all(torch.isfinite(o).all() for o in out)
@@ -162,7 +167,7 @@ def test_train_memory(benchmark, shape, seqlen, variant, device, data_dir, token
     batch = long_batch(data_dir, tokenizer, sz["mem_batch"], seqlen).to(device)
     assert batch.padded.input_ids.shape == (sz["mem_batch"], seqlen)
     runner = _runner(variant, shape, device)
-    runner.train_step(batch)  # optimizer state exists from here on: a steady-state step follows
+    runner.train_step(long_batch(data_dir, tokenizer, 1, 16).to(device))  # optimizer state: steady state next
     peak = {}
 
     def measured_step():
