@@ -236,17 +236,17 @@ class TaskBatch:
         return TaskBatch(self.task, self.padded.to(device), self.packed.to(device), self.labels.to(device))
 
 
-def real_batches(tasks, tokenizer, n: int, batch_size: int, seed: int = 0, task_names=("sst", "quora", "sts"),
-                 max_length: int | None = None) -> list[TaskBatch]:
-    """n batches, tasks in turn (SST, Quora, STS, SST, ...), examples sampled without replacement."""
+def real_batches(tasks, tokenizer, n: int, batch_size: int, seed: int = 0) -> list[TaskBatch]:
+    """n batches, tasks in turn (SST, Quora, STS, SST, ...), examples sampled without replacement,
+    untruncated (up to 512 tokens): the data's own lengths."""
     rng = random.Random(seed)
-    pools = {t: rng.sample(tasks[t], len(tasks[t])) for t in task_names}
+    pools = {t: rng.sample(rows, len(rows)) for t, rows in tasks.items()}
     out = []
     for i in range(n):
-        task = task_names[i % len(task_names)]
+        task = list(pools)[i % len(pools)]
         rows = [pools[task].pop() for _ in range(batch_size)]
         texts, pairs = [r[0] for r in rows], [r[1] for r in rows]
-        enc = tokenizer.encode(texts, None if pairs[0] is None else pairs, max_length=max_length)
+        enc = tokenizer.encode(texts, None if pairs[0] is None else pairs)
         labels = torch.tensor([r[2] for r in rows], dtype=torch.long if task == "sst" else torch.float32)
         out.append(TaskBatch(task, tokenizer.collate(enc), tokenizer.collate(enc, packed=True), labels))
     return out
@@ -356,12 +356,10 @@ VARIANTS = {
 class Runner:
     """One model variant with its task heads and optimizer: train steps and inference on TaskBatches."""
 
-    def __init__(self, variant: str, shape: str, device: torch.device, weights=None, config=None, dropout=True):
+    def __init__(self, variant: str, shape: str, device: torch.device, weights=None):
         impl, self.amp = VARIANTS[variant]
         self.variant, self.device = variant, device
-        config = dataclasses.replace(config or model_config(shape))
-        if not dropout:
-            config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
+        config = model_config(shape)
         weights = weights if weights is not None else model_weights(shape)
         if impl in ("fastbert", "reference"):
             self.model = BertModel(config, backend="auto" if impl == "fastbert" else "reference")

@@ -185,8 +185,8 @@ CONVERGENCE_TOL = {"fp32": dict(atol=1e-3, rtol=1e-3, update=1e-2),
 
 
 def _train(variant, device, weights, batches):
-    torch.manual_seed(1234)  # the dropout seeds: the same sequence for both runs
     r = Runner(variant, "minilm", device, weights=weights)
+    torch.manual_seed(1234)  # the dropout seeds: the same sequence for both runs
     start = [p.detach().clone() for p in r.model.parameters()]
     losses = [float(r.train_step(b)) for b in batches]
     update = [p.detach() - s for p, s in zip(r.model.parameters(), start)]
