@@ -1,0 +1,211 @@
+"""Whole-model speed and memory: fastbert against Hugging Face's BertModel, same process, same batches.
+
+Training step = forward + backward + optimizer step on real SST / Quora / STS batches (their true length
+distribution), with the CS224N task heads on the pooled output. One benchmark round runs a fixed list of
+batches, so every variant does the same work per round; throughput counts real (non-padding) tokens.
+  fastbert          fastbert.BertModel(backend="auto"), bf16 autocast, packed batches, fastbert's optimizer
+  fastbert-fp32     the same in fp32
+  hf-fp32           transformers.BertModel, SDPA attention, padded batches, torch.optim.AdamW(fused=True)
+  hf-bf16           the same under bf16 autocast
+  hf-bf16-compile   the same under torch.compile(dynamic=True)
+Memory: peak bytes of tensors allocated during one steady-state training step (after a warm-up step),
+on batches of exactly 64 / 128 / 512 tokens per sequence. CUDA: torch.cuda.max_memory_allocated.
+CPU: the PyTorch profiler's allocator events (profile_memory=True), summed in time order; this counts
+every tensor the CPU allocator hands out, not oneDNN scratch space or Python objects.
+Matmul rates (fp32, bf16) at the models' FFN shapes give the MFU denominator of the report.
+"""
+import functools
+import json
+import os
+import tempfile
+
+import pytest
+import torch
+
+from bench.conftest import (MODEL_SHAPES, QUICK, Runner, device_name, forward_flops, long_batch, median_s, model_weights,
+                            op_backends, optimizer_name, quick_skip, real_batches, sync, train_flops)
+
+
+# torch.compile baselines: on CUDA by default, on CPU when asked (compiling takes minutes there)
+COMPILE = not QUICK and os.environ.get("FASTBERT_BENCH_COMPILE", str(int(device_name() == "cuda"))) not in ("", "0")
+
+
+def sizes(device: torch.device, shape: str = "minilm") -> dict:
+    """Batch sizes, timed rounds and warm-up rounds (0: one untimed step): tiny in quick mode; on a CPU
+    sized so that the whole suite takes minutes on 2 cores (bert-base: half-size batches, fewer rounds)."""
+    if QUICK:
+        return dict(batch=4, batches=3, rounds=1, warmup=0, infer_batch=8, mem_batch=1, matmul_m=128)
+    if device.type == "cuda":
+        return dict(batch=32, batches=6, rounds=10, warmup=2, infer_batch=128, mem_batch=32, matmul_m=16384)
+    if shape == "bert-base":
+        return dict(batch=8, batches=3, rounds=2, warmup=0, infer_batch=16, mem_batch=4, matmul_m=2048)
+    return dict(batch=16, batches=3, rounds=3, warmup=0, infer_batch=32, mem_batch=4, matmul_m=2048)
+
+
+@functools.cache
+def _weights(shape):
+    return model_weights(shape)
+
+
+def _runner(variant, shape, device):
+    quick_skip(shape)
+    if variant.endswith("-compile") and not COMPILE:
+        pytest.skip("torch.compile of a training step takes 5-10 minutes to compile on a small CPU: "
+                    "set FASTBERT_BENCH_COMPILE=1 to include it" if not QUICK else "not in quick mode")
+    return Runner(variant, shape, device, weights=_weights(shape))
+
+
+def _warm_up(round_fn, step_fn, rounds, variant):
+    """Untimed work first: whole rounds where asked (CUDA) or compiling (every batch shape), else one step
+    (optimizer state, allocator, oneDNN primitives). A torch.compile failure skips that variant."""
+    compiled = variant.endswith("-compile")
+    try:
+        if rounds or compiled:
+            for _ in range(max(rounds, 1)):
+                round_fn()
+        elif not QUICK:
+            step_fn()
+    except Exception as e:  # noqa: BLE001 - torch.compile "where it works": say why it did not
+        if compiled:
+            pytest.skip(f"torch.compile failed here: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        raise
+
+
+def _record(benchmark, kind, shape, variant, runner, batches, flops, **extra):
+    benchmark.extra_info.update(
+        kind=kind, shape=shape, variant=variant, real_tokens=sum(b.tokens for b in batches),
+        processed_tokens=sum(b.tokens if runner.packed else b.padded_tokens for b in batches),
+        sequences=sum(len(b.labels) for b in batches), batches=len(batches), model_flops=flops,
+        autocast=str(runner.amp).removeprefix("torch.") if runner.amp else "off",
+        optimizer=optimizer_name() if runner.optimizer_kind == "fastbert" else "torch.optim.AdamW(fused=True)",
+        **extra)
+    t = median_s(benchmark)
+    if t:
+        benchmark.extra_info["tokens_per_s"] = benchmark.extra_info["real_tokens"] / t
+        benchmark.extra_info["tflops"] = flops / t / 1e12
+
+
+TRAIN = [(s, v) for s in MODEL_SHAPES for v in ("fastbert", "fastbert-fp32", "hf-fp32", "hf-bf16", "hf-bf16-compile")]
+
+
+@pytest.mark.parametrize("shape,variant", TRAIN, ids=[f"{s}-{v}" for s, v in TRAIN])
+def test_train_step(benchmark, shape, variant, device, tasks, tokenizer):
+    sz = sizes(device, shape)
+    batches = [b.to(device) for b in real_batches(tasks, tokenizer, sz["batches"], sz["batch"], seed=1)]
+    runner = _runner(variant, shape, device)
+
+    def train_round():
+        for b in batches:
+            loss = runner.train_step(b)
+        sync(device)
+        return loss
+
+    _warm_up(train_round, lambda: runner.train_step(batches[0]), sz["warmup"], variant)
+    benchmark.group = f"train step: {shape}"
+    loss = benchmark.pedantic(train_round, rounds=sz["rounds"])
+    assert torch.isfinite(loss), f"{variant}: training loss is {loss}"
+    flops = train_flops(runner.config, [n for b in batches for n in b.packed.lengths.tolist()])
+    _record(benchmark, "train", shape, variant, runner, batches, flops, op_backends=op_backends(device))
+
+
+INFER = [(s, v) for s in MODEL_SHAPES for v in ("fastbert", "fastbert-fp32", "hf-fp32", "hf-bf16", "hf-bf16-compile")]
+
+
+@pytest.mark.parametrize("shape,variant", INFER, ids=[f"{s}-{v}" for s, v in INFER])
+def test_inference(benchmark, shape, variant, device, tasks, tokenizer):
+    sz = sizes(device, shape)
+    batches = [b.to(device) for b in real_batches(tasks, tokenizer, sz["batches"], sz["infer_batch"], seed=2)]
+    runner = _runner(variant, shape, device)
+
+    def infer_round():
+        out = [runner.infer(b) for b in batches]
+        sync(device)
+        return out
+
+    _warm_up(infer_round, lambda: runner.infer(batches[0]), sz["warmup"], variant)
+    benchmark.group = f"inference: {shape}"
+    out = benchmark.pedantic(infer_round, rounds=sz["rounds"])
+    assert all(torch.isfinite(o).all() for o in out)
+    flops = forward_flops(runner.config, [n for b in batches for n in b.packed.lengths.tolist()])
+    _record(benchmark, "inference", shape, variant, runner, batches, flops)
+
+
+def step_peak_bytes(fn, device: torch.device) -> int:
+    """Peak bytes of tensor memory allocated while fn runs, above what was allocated before it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            events = json.load(f)["traceEvents"]
+    # allocations (+bytes) and frees (-bytes) in time order; frees of tensors older than fn have no event
+    mem = sorted((e["ts"], e["args"]["Bytes"]) for e in events
+                 if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0)
+    live = peak = 0
+    for _, nbytes in mem:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+MEMORY = [(s, n, v) for s in MODEL_SHAPES for n in (64, 128, 512) for v in ("fastbert", "hf-fp32", "hf-bf16")]
+
+
+@pytest.mark.parametrize("shape,seqlen,variant", MEMORY, ids=[f"{s}-{n}-{v}" for s, n, v in MEMORY])
+def test_train_memory(benchmark, shape, seqlen, variant, device, data_dir, tokenizer):
+    sz = sizes(device, shape)
+    batch = long_batch(data_dir, tokenizer, sz["mem_batch"], seqlen).to(device)
+    assert batch.padded.input_ids.shape == (sz["mem_batch"], seqlen)
+    runner = _runner(variant, shape, device)
+    runner.train_step(long_batch(data_dir, tokenizer, 1, 16).to(device))  # optimizer state: steady state next
+    peak = {}
+
+    def measured_step():
+        peak["bytes"] = step_peak_bytes(lambda: runner.train_step(batch), device)
+
+    benchmark.group = f"train memory: {shape}"
+    benchmark.pedantic(measured_step, rounds=1)
+    assert peak["bytes"] > 0
+    benchmark.extra_info.update(
+        kind="memory", shape=shape, variant=variant, seqlen=seqlen, sequences=sz["mem_batch"],
+        step_peak_bytes=peak["bytes"], state_bytes=runner.state_bytes(),
+        peak_bytes=peak["bytes"] + runner.state_bytes(),
+        method="torch.cuda.max_memory_allocated" if device.type == "cuda" else "torch.profiler allocator events")
+
+
+MATMUL = [(dt, s) for dt in ("fp32", "bf16") for s in MODEL_SHAPES]
+_FFN = {"minilm": (384, 1536), "bert-base": (768, 3072)}
+
+
+@pytest.mark.parametrize("dtype,shape", MATMUL, ids=[f"{d}-{s}" for d, s in MATMUL])
+def test_matmul_rate(benchmark, dtype, shape, device):
+    """[tokens, hidden] @ [hidden, 4 * hidden]: the FFN matmul, the machine's attainable rate for MFU."""
+    m = sizes(device)["matmul_m"]
+    k, n = _FFN[shape]
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    a, b = torch.randn(m, k, device=device, dtype=dt), torch.randn(k, n, device=device, dtype=dt)
+    iters = 1 if QUICK else 10
+
+    def matmuls():
+        for _ in range(iters):
+            out = a @ b
+        sync(device)
+        return out
+
+    matmuls()
+    benchmark.group = "matmul rate"
+    benchmark.pedantic(matmuls, rounds=1 if QUICK else 5)
+    benchmark.extra_info.update(kind="matmul", dtype=dtype, shape=shape, m=m, k=k, n=n)
+    t = median_s(benchmark)
+    if t:
+        benchmark.extra_info["tflops"] = 2 * m * k * n * iters / t / 1e12
