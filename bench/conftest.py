@@ -8,11 +8,10 @@
   FASTBERT_DATA=DIR                                the data directory (default ../shared/data)
 
 Real batches come from the CS224N SST / Quora / STS training files, sampled with a fixed seed, so a
-benchmark sees their true length distribution. Until fastbert.data lands they are read here (read_tsv).
+benchmark sees their true length distribution; they are read by fastbert.data, as the driver reads them.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import datetime
 import importlib
@@ -28,12 +27,13 @@ from torch import nn
 
 import fastbert
 from fastbert import BertConfig, BertModel, BertTokenizer
+from fastbert.data.readers import read_table
 from fastbert.pretrained import to_hf
+from fastbert.tasks import read_split, task_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "results")
 DATA_DIR = os.environ.get("FASTBERT_DATA", os.path.join(ROOT, "..", "shared", "data"))
-DATA_READER = "bench/conftest.py read_tsv (stand-in until fastbert.data lands)"
 QUICK = os.environ.get("FASTBERT_BENCH_QUICK", "0") not in ("", "0")  # also set by --benchmark-disable
 _skipped: list[str] = []
 
@@ -98,7 +98,6 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         "fastbert": fastbert.__version__,
         "op_backends": op_backends(dev),
         "optimizer": optimizer_name(),
-        "data_reader": DATA_READER,
         "quick": QUICK,
         "skipped": list(_skipped),
     }
@@ -186,24 +185,16 @@ def data_dir() -> str:
     return DATA_DIR
 
 
-def read_tsv(path: str, *names: str) -> list[list[str]]:
-    """Columns of a CS224N tab-separated file (header row; QUOTE_NONE: quotes are text)."""
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(rows)
-        cols = [header.index(n) for n in names]
-        return [[r[c] for c in cols] for r in rows if len(r) == len(header)]
-
-
 def load_tasks(data_dir: str) -> dict[str, list[tuple]]:
-    """task -> [(text, pair text or None, label)] from the CS224N training files (STS scores scaled to 0-1)."""
-    d = os.path.join(data_dir, "cs224n")
-    sst = [(s, None, int(y)) for s, y in read_tsv(os.path.join(d, "ids-sst-train.csv"), "sentence", "sentiment")]
-    quora = [(a, b, float(y)) for a, b, y in
-             read_tsv(os.path.join(d, "quora-train.csv"), "sentence1", "sentence2", "is_duplicate") if y]
-    sts = [(a, b, float(y) / 5) for a, b, y in
-           read_tsv(os.path.join(d, "sts-train.csv"), "sentence1", "sentence2", "similarity") if y]
-    return {"sst": sst, "quora": quora, "sts": sts}
+    """task -> [(text, pair text or None, label)] from the CS224N training files (STS scores scaled to 0-1),
+    read by the training driver's readers (malformed rows skipped, as the default run does)."""
+    out = {}
+    for name in ("sst", "quora", "sts"):
+        rows = read_split(name, task_config(name), "train", data_dir, skipped=[])
+        scale = 5.0 if name == "sts" else 1.0
+        out[name] = [(e.texts[0], e.texts[1] if len(e.texts) > 1 else None,
+                      e.label if name == "sst" else float(e.label) / scale) for e in rows]
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -254,7 +245,8 @@ def real_batches(tasks, tokenizer, n: int, batch_size: int, seed: int = 0) -> li
 
 def long_batch(data_dir, tokenizer, batch_size: int, seqlen: int) -> TaskBatch:
     """batch_size sequences of exactly seqlen tokens cut from the running text of CFIMDB movie reviews."""
-    rows = read_tsv(os.path.join(data_dir, "cs224n", "ids-cfimdb-train.csv"), "sentence", "sentiment")
+    rows = [(e.texts[0], e.label) for e in read_table(os.path.join(data_dir, "cs224n", "ids-cfimdb-train.csv"),
+                                                       text=["sentence"], label="sentiment", num_labels=2)]
     stream, body = [], seqlen - 2
     for ids, _ in tokenizer.encode([r[0] for r in rows[: 4 * batch_size * seqlen // 200 + 8]]):
         stream += ids[1:-1]

@@ -85,7 +85,6 @@ def machine_section(data, path) -> str:
                          f"triton {fb.get('triton')}, transformers {fb.get('transformers')}, fastbert {fb.get('fastbert')}"],
             ["fastbert ops (backend auto)", ", ".join(f"{k}: {v}" for k, v in fb.get("op_backends", {}).items())],
             ["fastbert optimizer", fb.get("optimizer", "?")],
-            ["data reader", fb.get("data_reader", "?")],
             ["run", f"{data.get('datetime', '?')[:19]}, commit {c.get('id', '?')[:10]}"
                     f"{' (dirty)' if c.get('dirty') else ''}, quick mode: {fb.get('quick')}"],
             ["results file", os.path.relpath(path, ROOT)]]

@@ -15,7 +15,6 @@ counted, so padded providers pay for it), peak memory above the inputs, and an i
 real token's q, k, v, out, lse (and dout, dq, dk, dv) read or written once) with the GB/s it implies.
 On CPU the Triton kernels exist only in the interpreter: a tiny correctness smoke test runs, timings skip.
 """
-import csv
 import functools
 import os
 
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from fastbert import backend, ops, use_backend
+from fastbert.data.readers import read_table
 from fastbert.ops import padding
 
 pytest.importorskip("triton")
@@ -37,14 +37,6 @@ PROVIDERS = ("fastbert", "fastbert-varlen", "reference", "sdpa")
 MODES = ("fwd", "bwd", "fwd_bwd")
 
 
-def _read_column(path, *names):
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(rows)
-        cols = [header.index(n) for n in names]
-        return [[r[c] for c in cols] for r in rows if len(r) == len(header)]
-
-
 @functools.cache
 def lengths(workload: str) -> list[int]:
     if workload in ("S128", "S512"):
@@ -56,11 +48,11 @@ def lengths(workload: str) -> list[int]:
 
     tok = BertTokenizer.from_pretrained()
     if workload == "sts":
-        rows = _read_column(os.path.join(d, "sts-train.csv"), "sentence1", "sentence2")[:B]
-        enc = tok.encode([r[0] for r in rows], [r[1] for r in rows])
+        rows = read_table(os.path.join(d, "sts-train.csv"), text=["sentence1", "sentence2"])[:B]
+        enc = tok.encode([r.texts[0] for r in rows], [r.texts[1] for r in rows])
     else:
-        enc = tok.encode([r[0] for r in _read_column(os.path.join(d, "ids-cfimdb-train.csv"), "sentence")[:B]],
-                         max_length=512)
+        rows = read_table(os.path.join(d, "ids-cfimdb-train.csv"), text=["sentence"])[:B]
+        enc = tok.encode([r.texts[0] for r in rows], max_length=512)
     return [len(ids) for ids, _ in enc]
 
 
