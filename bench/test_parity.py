@@ -13,6 +13,7 @@ import torch
 
 from bench.conftest import (QUICK, Runner, hf_model, model_config, model_weights, real_batches)
 from fastbert import BertModel, backend, ops, use_backend
+from fastbert.pretrained import to_fastbert
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TOL = {"fp32": 1e-5, "fp16": 1e-3, "bf16": 1e-2}  # relative error an op may always have
@@ -39,19 +40,6 @@ def _worst(pairs) -> dict:
 
 # -- whole model ---------------------------------------------------------------------------------------
 
-def _hf_grads(model) -> dict[str, torch.Tensor]:
-    """Hugging Face parameter gradients under fastbert's names (query/key/value fused into qkv)."""
-    g = {n: p.grad for n, p in model.named_parameters()}
-    out = {}
-    for n, t in g.items():
-        if ".attention.self." in n:
-            prefix, kind = n.rsplit(".", 2)[0], n.rsplit(".", 1)[1]
-            out[f"{prefix}.qkv.{kind}"] = torch.cat([g[f"{prefix}.{x}.{kind}"] for x in ("query", "key", "value")])
-        else:
-            out[n] = t
-    return out
-
-
 def _model_run(model, batch, amp, device, w):
     """Forward + backward of sum(last_hidden_state * w) + sum(pooler_output) over the real tokens."""
     model.zero_grad(set_to_none=True)
@@ -64,7 +52,8 @@ def _model_run(model, batch, amp, device, w):
             out = model(input_ids=p.input_ids, attention_mask=p.attention_mask, token_type_ids=p.token_type_ids)
             hidden = out.last_hidden_state[real]
     ((hidden.float() * w).sum() + out.pooler_output.float().sum()).backward()
-    grads = _hf_grads(model) if not isinstance(model, BertModel) else {n: q.grad for n, q in model.named_parameters()}
+    grads = {n: q.grad for n, q in model.named_parameters()}
+    grads = grads if isinstance(model, BertModel) else to_fastbert(grads)  # HF names -> fused qkv
     return hidden.detach().float(), out.pooler_output.detach().float(), grads
 
 
