@@ -258,6 +258,14 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, name: str) -> str:
+    fig.tight_layout()
+    path = os.path.join(RESULTS, name)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plotters(device: str) -> dict:
     def throughput(kind):
         def plot(speeds):
@@ -269,11 +277,7 @@ def plotters(device: str) -> dict:
                 ax.set_title(f"{kind}: {shape}")
                 ax.set_xlabel("real tokens / s")
                 ax.invert_yaxis()
-            fig.tight_layout()
-            path = os.path.join(RESULTS, f"{device}-{kind}.png")
-            fig.savefig(path, dpi=100)
-            plt.close(fig)
-            return path
+            return _save(plt, fig, f"{device}-{kind}.png")
         return plot
 
     def memory(rows):
@@ -292,11 +296,7 @@ def plotters(device: str) -> dict:
             ax.set_ylabel("peak MiB")
             ax.set_title(f"training-step memory: {shape}")
             ax.legend()
-        fig.tight_layout()
-        path = os.path.join(RESULTS, f"{device}-memory.png")
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return path
+        return _save(plt, fig, f"{device}-memory.png")
 
     def convergence(rows):
         plt = _plt()
@@ -312,11 +312,7 @@ def plotters(device: str) -> dict:
             ax.set_title(f"loss, {e['dtype']} (running mean of 21 steps)")
             ax.set_xlabel("step")
             ax.legend()
-        fig.tight_layout()
-        path = os.path.join(RESULTS, f"{device}-convergence.png")
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return path
+        return _save(plt, fig, f"{device}-convergence.png")
 
     return {"train": throughput("train"), "inference": throughput("inference"), "memory": memory,
             "convergence": convergence}
