@@ -41,11 +41,11 @@ def main():
     a = torch.randn(2048, 768, dtype=torch.bfloat16)
     b = torch.randn(768, 3072, dtype=torch.bfloat16)
     peak = []
-    for _ in range(7):
+    for _ in range(20):
         t = time.perf_counter()
         a @ b
         peak.append(2 * 2048 * 768 * 3072 / (time.perf_counter() - t) / 1e12)
-    peak = statistics.median(peak)
+    peak = max(peak)  # the attainable rate: the best of 20 (the machine is shared)
     flops = train_flops(next(iter(runners.values())).config, [n for b in batches for n in b.packed.lengths.tolist()])
     med = {v: statistics.median(ts) for v, ts in times.items()}
     tokens = sum(b.tokens for b in batches)

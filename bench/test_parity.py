@@ -192,7 +192,7 @@ CONVERGENCE = {"fp32": ("fastbert-fp32", "reference-fp32"), "bf16": ("fastbert",
 def _train(variant, device, weights, batches):
     r = Runner(variant, "minilm", device, weights=weights)
     torch.manual_seed(1234)  # the dropout seeds: the same sequence for both runs
-    start = [w.float() for w in r.weights()]
+    start = [w.clone().float() for w in r.weights()]
     losses = [float(r.train_step(b)) for b in batches]
     update = [w.float() - s for w, s in zip(r.weights(), start)]  # fp32 masters where there are some
     return losses, update
