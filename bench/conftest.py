@@ -98,10 +98,27 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         "fastbert": fastbert.__version__,
         "op_backends": op_backends(dev),
         "optimizer": optimizer_name(),
+        "bf16_matmul_tflops": matmul_tflops(dev, torch.bfloat16),
         "quick": QUICK,
         "skipped": list(_skipped),
     }
     machine_info["fastbert"] = info
+
+
+def matmul_tflops(dev: torch.device, dtype: torch.dtype) -> float:
+    """The machine's measured matmul rate in `dtype` (median of 5, bert-base's FFN shape), MFU's denominator."""
+    import statistics
+    import time
+
+    m, k, n = (256, 64, 256) if QUICK else (16384 if dev.type == "cuda" else 2048, 768, 3072)
+    a, b = torch.randn(m, k, device=dev, dtype=dtype), torch.randn(k, n, device=dev, dtype=dtype)
+    times = []
+    for _ in range(6):
+        t = time.perf_counter()
+        a @ b
+        sync(dev)
+        times.append(time.perf_counter() - t)
+    return 2 * m * k * n / statistics.median(times[1:]) / 1e12
 
 
 def _version(module):
@@ -297,23 +314,17 @@ def hf_model(config: BertConfig, weights: dict[str, torch.Tensor]):
 
 
 def optimizer_name() -> str:
-    try:
-        from fastbert.optim import FusedAdamW  # noqa: F401
-        return "fastbert.optim.FusedAdamW"
-    except ImportError:
-        return "torch.optim.AdamW(fused=True)"
+    from fastbert.optim.adam import _implementation
+    return f"fastbert.optim.FusedAdamW ({_implementation(torch.device(device_name()))})"
 
 
 def make_optimizer(params, kind: str, lr: float = 5e-5, weight_decay: float = 0.01):
-    """kind "fastbert": fastbert.optim.FusedAdamW when it exists, else torch's fused AdamW;
-    kind "torch": torch.optim.AdamW(fused=True), the strongest stock baseline."""
+    """kind "fastbert": fastbert.optim.FusedAdamW; kind "torch": torch.optim.AdamW(fused=True), the strongest
+    stock baseline."""
     params = list(params)
     if kind == "fastbert":
-        try:
-            from fastbert.optim import FusedAdamW
-            return FusedAdamW(params, lr=lr, weight_decay=weight_decay)
-        except ImportError:
-            pass
+        from fastbert.optim import FusedAdamW
+        return FusedAdamW(params, lr=lr, weight_decay=weight_decay)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
 
 
@@ -333,15 +344,20 @@ class TaskHeads(nn.Module):
         return F.mse_loss(out.squeeze(-1), labels)
 
 
-# name -> (implementation, autocast dtype). fastbert trains under bf16 autocast on packed batches.
+# name -> (implementation, precision). Precisions as the training driver's (fastbert/train/config.py):
+#   bf16           bf16 weights, fp32 master weights and Adam states in fastbert's FusedAdamW, no autocast
+#   bf16-autocast  fp32 weights under torch.autocast(bf16)
+#   fp32
+# fastbert, the default fast path, trains bf16 weights on packed batches.
 VARIANTS = {
-    "fastbert": ("fastbert", torch.bfloat16),
-    "fastbert-fp32": ("fastbert", None),
-    "reference-fp32": ("reference", None),
-    "reference-bf16": ("reference", torch.bfloat16),
-    "hf-fp32": ("hf", None),
-    "hf-bf16": ("hf", torch.bfloat16),
-    "hf-bf16-compile": ("hf-compile", torch.bfloat16),
+    "fastbert": ("fastbert", "bf16"),
+    "fastbert-bf16-autocast": ("fastbert", "bf16-autocast"),
+    "fastbert-fp32": ("fastbert", "fp32"),
+    "reference-fp32": ("reference", "fp32"),
+    "reference-bf16": ("reference", "bf16-autocast"),
+    "hf-fp32": ("hf", "fp32"),
+    "hf-bf16": ("hf", "bf16-autocast"),
+    "hf-bf16-compile": ("hf-compile", "bf16-autocast"),
 }
 
 
@@ -349,7 +365,8 @@ class Runner:
     """One model variant with its task heads and optimizer: train steps and inference on TaskBatches."""
 
     def __init__(self, variant: str, shape: str, device: torch.device, weights=None):
-        impl, self.amp = VARIANTS[variant]
+        impl, self.precision = VARIANTS[variant]
+        self.amp = torch.bfloat16 if self.precision == "bf16-autocast" else None
         self.variant, self.device = variant, device
         config = model_config(shape)
         weights = weights if weights is not None else model_weights(shape)
@@ -367,6 +384,12 @@ class Runner:
         self.config = config
         self.optimizer_kind = "fastbert" if impl == "fastbert" else "torch"
         self.opt = make_optimizer([*self.model.parameters(), *self.heads.parameters()], self.optimizer_kind)
+        if self.precision == "bf16":  # the encoder in bf16, its fp32 values kept as the optimizer's masters
+            self.opt.cast_params(torch.bfloat16, list(self.model.parameters()))
+
+    def weights(self) -> list[torch.Tensor]:
+        """The encoder's parameters as trained: the fp32 master copies where the optimizer keeps them."""
+        return [self.opt.state[p].get("master_param", p).detach() for p in self.model.parameters()]
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None)

@@ -85,6 +85,7 @@ def machine_section(data, path) -> str:
                          f"triton {fb.get('triton')}, transformers {fb.get('transformers')}, fastbert {fb.get('fastbert')}"],
             ["fastbert ops (backend auto)", ", ".join(f"{k}: {v}" for k, v in fb.get("op_backends", {}).items())],
             ["fastbert optimizer", fb.get("optimizer", "?")],
+            ["bf16 matmul rate (measured)", f"{fmt(fb.get('bf16_matmul_tflops'))} TFLOP/s"],
             ["run", f"{data.get('datetime', '?')[:19]}, commit {c.get('id', '?')[:10]}"
                     f"{' (dirty)' if c.get('dirty') else ''}, quick mode: {fb.get('quick')}"],
             ["results file", os.path.relpath(path, ROOT)]]
@@ -104,11 +105,11 @@ def _bf16_rate(kinds) -> float | None:
     return max(rates) if rates else None
 
 
-def throughput_section(kinds, kind, title, device, plot) -> str:
+def throughput_section(kinds, kind, title, device, plot, machine_peak=None) -> str:
     rows = kinds.get(kind, [])
     if not rows:
         return ""
-    peak = _bf16_rate(kinds)
+    peak = _bf16_rate(kinds) or machine_peak
     out = f"### {title}\n\n"
     shapes = sorted({b["extra_info"]["shape"] for b in rows}, key=["minilm", "bert-base"].index)
     speeds = {}
@@ -124,11 +125,11 @@ def throughput_section(kinds, kind, title, device, plot) -> str:
         for b in group:
             e = b["extra_info"]
             tp = e.get("tokens_per_s")
-            body.append([e["variant"], e["autocast"], median(b), iqr_pct(b), (b.get("stats") or {}).get("rounds"),
+            body.append([e["variant"], e.get("precision", e["autocast"]), median(b), iqr_pct(b), (b.get("stats") or {}).get("rounds"),
                          tp, f"{100 * (1 - e['real_tokens'] / e['processed_tokens']):.0f}%", e.get("tflops"),
                          f"{100 * e['tflops'] / peak:.1f}%" if peak and e.get("tflops") else "-",
                          f"{ours / tp:.2f}x" if ours and tp else "-"])
-        out += table(["variant", "autocast", "median s/round", "IQR", "rounds", "real tokens/s", "padding",
+        out += table(["variant", "precision", "median s/round", "IQR", "rounds", "real tokens/s", "padding",
                       "TFLOP/s", "MFU", "fastbert speed-up"], body) + "\n"
     if kind == "train" and device == "cpu":
         lines = []
@@ -140,7 +141,7 @@ def throughput_section(kinds, kind, title, device, plot) -> str:
         if lines:
             out += "CPU targets (training step, real tokens/s):\n" + "".join(lines) + "\n"
     out += (f"MFU: model FLOPs on real tokens (encoder matmuls + attention; backward = 2x forward) per second, "
-            f"over the best bf16 matmul rate measured below ({fmt(peak)} TFLOP/s).\n\n" if peak else "\n")
+            f"over the best bf16 matmul rate measured on this machine ({fmt(peak)} TFLOP/s).\n\n" if peak else "\n")
     if plot and any(v for s in speeds.values() for v in s.values()):
         out += f"![{title}]({os.path.relpath(plot(speeds), ROOT)})\n\n"
     return out
@@ -349,9 +350,10 @@ def render(paths: list[str], plots: bool = True) -> str:
         kinds = by_kind(data["benchmarks"])
         fb = data["machine_info"].get("fastbert", {})
         doc += f"\n## {device.upper()}: {fb.get('device_name', '?')}\n\n" + machine_section(data, path) + "\n"
+        peak = fb.get("bf16_matmul_tflops")
         doc += throughput_section(kinds, "train", "Training step (forward + backward + optimizer)", device,
-                                  p.get("train"))
-        doc += throughput_section(kinds, "inference", "Inference (forward, no grad)", device, p.get("inference"))
+                                  p.get("train"), peak)
+        doc += throughput_section(kinds, "inference", "Inference (forward, no grad)", device, p.get("inference"), peak)
         doc += memory_section(kinds, p.get("memory"))
         doc += matmul_section(kinds)
         doc += parity_section(kinds, p.get("convergence"))

@@ -3,7 +3,9 @@
 Training step = forward + backward + optimizer step on real SST / Quora / STS batches (their true length
 distribution), with the CS224N task heads on the pooled output. One benchmark round runs a fixed list of
 batches, so every variant does the same work per round; throughput counts real (non-padding) tokens.
-  fastbert          fastbert.BertModel(backend="auto"), bf16 autocast, packed batches, fastbert's optimizer
+  fastbert          fastbert.BertModel(backend="auto") with bf16 weights, packed batches, fastbert's
+                    FusedAdamW holding fp32 master weights and states (the driver's precision bf16)
+  fastbert-bf16-autocast  the same with fp32 weights under bf16 autocast
   fastbert-fp32     the same in fp32
   hf-fp32           transformers.BertModel, SDPA attention, padded batches, torch.optim.AdamW(fused=True)
   hf-bf16           the same under bf16 autocast
@@ -76,7 +78,7 @@ def _record(benchmark, kind, shape, variant, runner, batches, flops, **extra):
         kind=kind, shape=shape, variant=variant, real_tokens=sum(b.tokens for b in batches),
         processed_tokens=sum(b.tokens if runner.packed else b.padded_tokens for b in batches),
         sequences=sum(len(b.labels) for b in batches), batches=len(batches), model_flops=flops,
-        autocast=str(runner.amp).removeprefix("torch.") if runner.amp else "off",
+        precision=runner.precision, autocast=str(runner.amp).removeprefix("torch.") if runner.amp else "off",
         optimizer=optimizer_name() if runner.optimizer_kind == "fastbert" else "torch.optim.AdamW(fused=True)",
         **extra)
     t = median_s(benchmark)
@@ -85,7 +87,8 @@ def _record(benchmark, kind, shape, variant, runner, batches, flops, **extra):
         benchmark.extra_info["tflops"] = flops / t / 1e12
 
 
-TRAIN = [(s, v) for s in MODEL_SHAPES for v in ("fastbert", "fastbert-fp32", "hf-fp32", "hf-bf16", "hf-bf16-compile")]
+TRAIN = [(s, v) for s in MODEL_SHAPES for v in ("fastbert", "fastbert-bf16-autocast", "fastbert-fp32", "hf-fp32", "hf-bf16",
+                                                    "hf-bf16-compile")]
 
 
 @pytest.mark.parametrize("shape,variant", TRAIN, ids=[f"{s}-{v}" for s, v in TRAIN])
@@ -108,7 +111,8 @@ def test_train_step(benchmark, shape, variant, device, tasks, tokenizer):
     _record(benchmark, "train", shape, variant, runner, batches, flops, op_backends=op_backends(device))
 
 
-INFER = [(s, v) for s in MODEL_SHAPES for v in ("fastbert", "fastbert-fp32", "hf-fp32", "hf-bf16", "hf-bf16-compile")]
+INFER = [(s, v) for s in MODEL_SHAPES for v in ("fastbert", "fastbert-bf16-autocast", "fastbert-fp32", "hf-fp32", "hf-bf16",
+                                                    "hf-bf16-compile")]
 
 
 @pytest.mark.parametrize("shape,variant", INFER, ids=[f"{s}-{v}" for s, v in INFER])

@@ -4,7 +4,9 @@ Errors are measured against an fp32 ground truth (Hugging Face's BertModel for t
 reference backend for the ops) and set beside the error that the baseline itself makes in the same dtype:
 fastbert passes where its error is at most 2x the baseline's, or under the dtype's tolerance.
 Convergence (as Liger-Kernel's): 200 training steps on real SST / Quora / STS batches, dropout on (fastbert
-and the reference draw the same dropout masks), fastbert's loss curve against the reference backend's.
+and the reference draw the same dropout masks), fastbert's loss curve against the reference backend's:
+fp32 against fp32; the fast path (bf16 weights, fp32 masters) and fastbert under bf16 autocast against the
+reference backend under bf16 autocast (fp32 weights, torch's AdamW).
 """
 import importlib
 
@@ -170,25 +172,28 @@ def test_op_parity(benchmark, op, dtype, device):
 # per-step |loss - reference loss| <= atol + rtol * |reference loss|; and the relative difference of the
 # whole weight update (final - initial weights) between fastbert and the reference
 CONVERGENCE_TOL = {"fp32": dict(atol=1e-3, rtol=1e-3, update=1e-2),
-                   "bf16": dict(atol=5e-2, rtol=5e-2, update=0.5)}
+                   "bf16": dict(atol=5e-2, rtol=5e-2, update=0.5),
+                   "bf16-autocast": dict(atol=5e-2, rtol=5e-2, update=0.5)}
+CONVERGENCE = {"fp32": ("fastbert-fp32", "reference-fp32"), "bf16": ("fastbert", "reference-bf16"),
+               "bf16-autocast": ("fastbert-bf16-autocast", "reference-bf16")}
 
 
 def _train(variant, device, weights, batches):
     r = Runner(variant, "minilm", device, weights=weights)
     torch.manual_seed(1234)  # the dropout seeds: the same sequence for both runs
-    start = [p.detach().clone() for p in r.model.parameters()]
+    start = [w.clone().float() for w in r.weights()]
     losses = [float(r.train_step(b)) for b in batches]
-    update = [p.detach() - s for p, s in zip(r.model.parameters(), start)]
+    update = [w.float() - s for w, s in zip(r.weights(), start)]  # fp32 masters where there are some
     return losses, update
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("dtype", list(CONVERGENCE))
 def test_convergence(benchmark, dtype, device, tasks, tokenizer):
     """fastbert and the reference train all-MiniLM-L6-v2 on the same real batches: the same loss curve."""
     steps, batch = (20, 4) if QUICK else (200, 8)
     weights = model_weights("minilm")
     batches = [b.to(device) for b in real_batches(tasks, tokenizer, steps, batch, seed=4)]
-    ours_name, ref_name = {"fp32": ("fastbert-fp32", "reference-fp32"), "bf16": ("fastbert", "reference-bf16")}[dtype]
+    ours_name, ref_name = CONVERGENCE[dtype]
     ref, ref_update = _train(ref_name, device, weights, batches)
     benchmark.group = "parity: convergence"
     ours, ours_update = benchmark.pedantic(_train, (ours_name, device, weights, batches), rounds=1)

@@ -10,6 +10,8 @@ them mid-training. On top:
                    states or step counts) and returns that norm; on CUDA this costs one device sync.
   master_weights   bf16/fp16 parameters get an fp32 master copy ("master_param") and fp32 states;
                    without it, states are kept in the parameter's dtype (as torch does).
+                   cast_params(dtype) turns fp32 parameters into bf16/fp16 ones whose master copies
+                   keep their exact fp32 values (bf16-weights training: no autocast casts per forward).
 Arithmetic is fp32 for every storage dtype.
 
 Kernels: torch.ops.fastbert_C.adam_step / multi_tensor_l2_norm (csrc/cpu/adam.cpp, csrc/cuda/adam.cu).
@@ -78,6 +80,21 @@ class FusedAdam(torch.optim.Optimizer):
                     if key in saved:
                         self.state[p][key] = saved[key].to(device=p.device, dtype=torch.float32)
 
+    @torch.no_grad()
+    def cast_params(self, dtype: torch.dtype, params=None) -> None:
+        """Store `params` (default: all of this optimizer's) in `dtype` (bf16/fp16), each keeping its fp32
+        value as its master copy, so nothing is lost to rounding; the step updates the master and rounds it
+        into the parameter (to nearest even). Parameters already in `dtype` are left alone."""
+        if not self.master_weights or dtype not in (torch.bfloat16, torch.float16):
+            raise ValueError(f"FusedAdam.cast_params: needs master_weights=True and bf16/fp16, got {dtype}")
+        mine = {id(p) for group in self.param_groups for p in group["params"]}
+        for p in params if params is not None else [p for group in self.param_groups for p in group["params"]]:
+            if id(p) not in mine:
+                raise ValueError(f"FusedAdam.cast_params: parameter {list(p.shape)} is not in this optimizer")
+            if p.dtype == torch.float32:
+                self.state[p]["master_param"] = p.detach().clone(memory_format=torch.preserve_format)
+                p.data = p.data.to(dtype)
+
     def _has_master(self, p: torch.Tensor) -> bool:
         return self.master_weights and p.dtype != torch.float32
 
@@ -110,7 +127,7 @@ class FusedAdam(torch.optim.Optimizer):
         master = self._has_master(p)
         dtype = torch.float32 if master else p.dtype
         zeros = lambda: torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)  # noqa: E731
-        if not state:
+        if "step" not in state:  # (a master copy may come first, from cast_params)
             state["step"] = torch.tensor(0.0)
             state["exp_avg"], state["exp_avg_sq"] = zeros(), zeros()
         if amsgrad and "max_exp_avg_sq" not in state:

@@ -37,7 +37,8 @@ DEFAULTS = {
     "standardize": False,  # weighted/stochastic: loss improvements relative to the task's running loss
     "freeze_encoder": False,  # true, or [first_step, end_step): the encoder gets no gradient (per task too)
     # optimisation
-    "optimizer": "adamw",  # adamw (torch.optim.AdamW, its fused kernel) | fused_adamw (fastbert.optim)
+    "optimizer": "auto",  # auto (fused_adamw with fastbert's compiled extension, else adamw) | fused_adamw
+    #                       (fastbert.optim.FusedAdamW: fused clipping, fp32 master weights) | adamw (torch's fused)
     "lr": 2.0e-5,
     "head_lr": None,  # learning rate of the task heads (None: lr)
     "layer_decay": 1.0,  # layer-wise lr decay: layer i of L at lr * layer_decay ** (L - 1 - i), embeddings ** L
@@ -51,7 +52,12 @@ DEFAULTS = {
     "eval_batch_size": 128,
     "epochs": 1.0,  # in the routine's epochs (see fastbert.train.routines)
     "max_steps": None,  # overrides epochs
-    "precision": "auto",  # auto (bf16 where supported) | fp32 | bf16 | fp16 (CUDA, with loss scaling)
+    # precision: fp32 | bf16: encoder weights stored in bf16 (no casts per forward), fp32 master weights and
+    # Adam states in FusedAdamW (needs optimizer fused_adamw), sentence heads and losses fp32, checkpoints
+    # save the fp32 masters | bf16-autocast: fp32 weights, torch.autocast to bf16 | fp16: CUDA autocast
+    # with loss scaling | auto: bf16 on a CPU with bf16 (bf16-autocast with adamw), bf16-autocast on CUDA
+    # with bf16, else fp16 on CUDA and fp32 on CPU
+    "precision": "auto",
     "device": "auto",
     "seed": 0,
     "threads": "auto",  # torch CPU threads: auto = the cores not already busy (cpu count - load average), >= 1

@@ -79,29 +79,59 @@ def device_of(cfg: dict) -> torch.device:
     return torch.device(cfg["device"])
 
 
-def precision(cfg: dict, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None: fp32). auto: bf16 where the hardware has it, else fp16 on CUDA, fp32 on CPU."""
+PRECISIONS = ("auto", "fp32", "bf16", "bf16-autocast", "fp16")
+
+
+def precision(cfg: dict, device: torch.device) -> str:
+    """The run's precision (see config.py): fp32 | bf16 | bf16-autocast | fp16. auto: bf16 (bf16 weights,
+    fp32 masters in fastbert's FusedAdamW) on a CPU with bf16 support when the optimizer is fused_adamw,
+    bf16-autocast there with torch's AdamW and on CUDA with bf16, else fp16 on CUDA, fp32 on CPU."""
     p = cfg["precision"]
+    if p not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}; got {p!r}")
+    fused = optim.name(cfg, device) == "fused_adamw"
     if p == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() \
-            else None
-    table = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if p not in table:
-        raise ValueError(f"precision must be auto, fp32, bf16 or fp16; got {p!r}")
+            return "bf16-autocast" if torch.cuda.is_bf16_supported() else "fp16"
+        if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+            return "fp32"
+        return "bf16" if fused else "bf16-autocast"
     if p == "fp16" and device.type != "cuda":
         raise ValueError("precision fp16 needs CUDA (on CPU use bf16)")
-    return table[p]
+    if p == "bf16" and not fused:
+        raise ValueError("precision bf16 keeps fp32 master weights in fastbert's FusedAdamW: use optimizer "
+                         "fused_adamw (or auto), or precision bf16-autocast with adamw")
+    return p
+
+
+def autocast_dtype(p: str) -> torch.dtype | None:
+    return {"bf16-autocast": torch.bfloat16, "fp16": torch.float16}.get(p)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
+def low_precision_params(model: "Model") -> list[nn.Parameter]:
+    """What precision bf16 stores in bf16: the encoder and the MLM head (it takes the encoder's bf16 hidden
+    states and its tied word embeddings). Sentence heads stay fp32: they take fp32 pooled embeddings."""
+    mlm = [p for t in model.tasks.values() if t.cfg["kind"] == "mlm" for p in t.parameters()]
+    return [*model.encoder.parameters(), *mlm]
+
+
+def to_precision(model: "Model", p: str) -> "Model":
+    """For evaluation: the low-precision parameters cast to bf16 under precision bf16 (training casts them
+    through the optimizer, which keeps their fp32 values)."""
+    if p == "bf16":
+        for param in low_precision_params(model):
+            param.data = param.data.to(torch.bfloat16)
+    return model
+
+
 @torch.no_grad()
 def evaluate(model: Model, loaders: dict[str, Loader], device, dtype, progress: bool = True) -> tuple[dict, dict]:
-    """({task: {"main": its ranking metric, **metrics}}, {task: predictions in example order})."""
+    """({task: {"main": its ranking metric, **metrics}}, {task: predictions in example order}); dtype: the
+    autocast dtype (None: the model's own dtypes)."""
     was = model.training
     model.eval()
     dev, preds = {}, {}
@@ -149,13 +179,16 @@ def train(cfg: dict, run: Run, model: Model, loaders: dict[str, Loader], dev_loa
           resume: str | None = None) -> dict:
     """Train `model` on the tasks of `loaders`; returns {"step", "best": {step, score, dev}}."""
     device = device_of(cfg)
-    dtype = precision(cfg, device)
+    mode = precision(cfg, device)
+    dtype = autocast_dtype(mode)
     model.to(device).train()
     streams = {t: Stream(loader) for t, loader in loaders.items()}
     routine = routines.build(cfg["routine"], list(loaders), {t: len(s) for t, s in streams.items()}, cfg["seed"],
                              cfg["standardize"])
     total = int(cfg["max_steps"]) if cfg["max_steps"] else max(1, math.ceil(cfg["epochs"] * routine.steps_per_epoch))
-    opt = optim.build(optim.param_groups(model.encoder, model.tasks, cfg), cfg)
+    opt = optim.build(optim.param_groups(model.encoder, model.tasks, cfg), cfg, device)
+    if mode == "bf16":  # bf16 weights, their fp32 values kept as the optimizer's master copies
+        opt.cast_params(torch.bfloat16, low_precision_params(model))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, optim.schedule(cfg, total))
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     state = {"step": 0, "best": None, "elapsed": 0.0, "skipped_steps": 0}
@@ -208,8 +241,9 @@ def train(cfg: dict, run: Run, model: Model, loaders: dict[str, Loader], dev_loa
                 "streams": {t: s.state_dict() for t, s in streams.items()}, "routine": routine.state_dict(),
                 "state": {**state, "step": step, "elapsed": state["elapsed"] + time.time() - started}}
 
-    def save() -> None:
-        checkpoint.save(run.path, step, model, trainer_state(), cfg)
+    def save() -> None:  # the fp32 master weights, not their bf16 roundings
+        with master_weights(opt):
+            checkpoint.save(run.path, step, model, trainer_state(), cfg)
         checkpoint.prune(run.path)
 
     def evaluate_and_save() -> None:
@@ -292,6 +326,19 @@ def train(cfg: dict, run: Run, model: Model, loaders: dict[str, Loader], dev_loa
         evaluate_and_save()
     state["step"] = step
     return state
+
+
+@contextlib.contextmanager
+def master_weights(opt: torch.optim.Optimizer):
+    """Inside: every parameter with an fp32 master copy in `opt` holds that copy (what checkpoints save)."""
+    swapped = [(p, p.data) for p, s in opt.state.items() if "master_param" in s]
+    for p, _ in swapped:
+        p.data = opt.state[p]["master_param"]
+    try:
+        yield
+    finally:
+        for p, data in swapped:
+            p.data = data
 
 
 def _last(window: dict) -> dict:

@@ -25,10 +25,23 @@ def _fused_adamw(groups, cfg):
 OPTIMIZERS = {"adamw": _adamw, "fused_adamw": _fused_adamw}
 
 
-def build(groups: list[dict], cfg: dict) -> torch.optim.Optimizer:
+def name(cfg: dict, device: torch.device) -> str:
+    """The optimizer's name; auto: fused_adamw where fastbert's compiled kernels run on `device`, else adamw."""
+    if cfg["optimizer"] == "auto":
+        return "fused_adamw" if has_fused_kernels(device) else "adamw"
     if cfg["optimizer"] not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {cfg['optimizer']!r}; choose one of {list(OPTIMIZERS)}")
-    return OPTIMIZERS[cfg["optimizer"]](groups, cfg)
+        raise ValueError(f"unknown optimizer {cfg['optimizer']!r}; choose one of auto, {', '.join(OPTIMIZERS)}")
+    return cfg["optimizer"]
+
+
+def has_fused_kernels(device: torch.device) -> bool:
+    from fastbert import _extension
+
+    return _extension.cuda() is not None if device.type == "cuda" else _extension.has("adam_step")
+
+
+def build(groups: list[dict], cfg: dict, device: torch.device) -> torch.optim.Optimizer:
+    return OPTIMIZERS[name(cfg, device)](groups, cfg)
 
 
 def clips_itself(opt: torch.optim.Optimizer) -> bool:

@@ -17,13 +17,14 @@ import zlib
 import numpy as np
 import torch
 
+from fastbert import _extension
 from fastbert import tasks as tasks_mod
 from fastbert.config import BertConfig
 from fastbert.data.batching import Encoded, Loader
 from fastbert.model import BertModel
 from fastbert.pretrained import default_path
 from fastbert.tokenizer import BertTokenizer
-from fastbert.train import checkpoint, config, loop
+from fastbert.train import checkpoint, config, loop, optim
 from fastbert.train.run import Run, atomic_write, default_dir, dev_table
 
 # CS224N submission files: task -> (file prefix, header column)
@@ -169,8 +170,12 @@ def train(cfg: dict) -> dict:
         run.log(f"warning: task {n} is evaluated but neither trained here nor found in init: its head is random")
     device = loop.device_of(cfg)
     run.log(f"{cfg['stage']}: tasks {cfg['tasks']} (evaluated: {names}), routine {cfg['routine']}, "
-            f"precision {cfg['precision']} -> {loop.precision(cfg, device) or 'fp32'}, device {device}, "
+            f"precision {cfg['precision']} -> {loop.precision(cfg, device)}, optimizer {cfg['optimizer']} -> "
+            f"{optim.name(cfg, device)}, device {device}, "
             f"backend {cfg['backend']}, {torch.get_num_threads()} CPU threads, run dir {run.path}")
+    if cfg["optimizer"] == "auto" and optim.name(cfg, device) == "adamw":
+        run.log(f"notice: fastbert's fused AdamW needs the compiled extension ({_extension.status()}): "
+                "using torch.optim.AdamW (and bf16-autocast instead of bf16 weights)")
     loaders, evals = load_data(cfg, model, run, cfg["tasks"], names)
     state = loop.train(cfg, run, model, loaders, evals["dev"], resume)
     best = state["best"]
@@ -213,7 +218,7 @@ def evaluate(cfg: dict) -> dict:
     model, run, names = _for_checkpoint(cfg)
     _, evals = load_data(cfg, model, run, [], names)
     device = loop.device_of(cfg)
-    dev, _ = loop.evaluate(model.to(device), evals["dev"], device, loop.precision(cfg, device), cfg["progress"])
+    dev, _ = _evaluate(cfg, model, evals["dev"], device)
     table = dev_table(dev, {t: model.tasks[t].metric for t in dev})
     atomic_write(os.path.join(run.path, "dev_table.md"), table)
     run.record({"step": 0, "dev": dev})
@@ -228,6 +233,13 @@ def predict(cfg: dict) -> dict:
     return {"run_dir": run.path, "files": write_predictions(cfg, model, run, names)}
 
 
+def _evaluate(cfg: dict, model: loop.Model, loaders: dict, device: torch.device) -> tuple[dict, dict]:
+    """loop.evaluate in the run's precision (precision bf16: the encoder in bf16)."""
+    mode = loop.precision(cfg, device)
+    return loop.evaluate(loop.to_precision(model.to(device), mode), loaders, device, loop.autocast_dtype(mode),
+                         cfg["progress"])
+
+
 def write_predictions(cfg: dict, model: loop.Model, run: Run, names: list[str]) -> list[str]:
     """<run>/predictions/{sst,para,sts}-{dev,test}-output.csv ("id \\t Predicted_... " then "id , value")."""
     _, evals = load_data({**cfg, "eval_limit": None}, model, run, [], names, splits=("dev", "test"))  # complete files
@@ -237,7 +249,7 @@ def write_predictions(cfg: dict, model: loop.Model, run: Run, names: list[str]) 
     written = []
     for split, loaders in evals.items():
         loaders = {t: ld for t, ld in loaders.items() if model.tasks[t].cfg["kind"] != "mlm"}
-        dev, preds = loop.evaluate(model.to(device), loaders, device, loop.precision(cfg, device), cfg["progress"])
+        dev, preds = _evaluate(cfg, model, loaders, device)
         for t, p in preds.items():
             prefix, column = CS224N_FILES.get(t, (t, "Predicted"))
             path = os.path.join(out_dir, f"{prefix}-{split}-output.csv")

@@ -133,6 +133,23 @@ def test_gelu_is_as_accurate_as_pytorch(isa, approximate):
     assert rel(ours) <= max(2e-6, 2 * rel(torch_fp32.double()))
 
 
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_gelu_within_storage_rounding(isa, dtype):
+    """bf16 / fp16 storage takes the fast erf (no erfc): over every such input in [-12, 12], each GELU and
+    GELU' value is within an ulp of the storage dtype (plus 1e-6 absolute, the fit's error) of float64."""
+    x = torch.linspace(-12, 12, 20001).to(dtype).unique()
+    x64 = x.double().requires_grad_()
+    exact = 0.5 * x64 * torch.special.erfc(-x64 / math.sqrt(2))
+    exact.sum().backward()
+    ours = torch.ops.fastbert_C.bias_gelu_forward(x[None], x.new_empty(0), "none")[0].double()
+    grad = torch.ops.fastbert_C.bias_gelu_backward(torch.ones(1, len(x), dtype=dtype), x[None], x.new_empty(0),
+                                                   "none")[0][0].double()
+    ulp = torch.finfo(dtype).eps
+    for got, want in ((ours, exact.detach()), (grad, x64.grad)):
+        assert ((got - want).abs() <= ulp * want.abs() + 1e-6).all(), (got - want).abs().max()
+
+
 # -- attention --
 
 ATTENTION_SHAPES = [  # (seqlens, heads, head_dim): single tokens, fully padded rows, odd sizes

@@ -272,6 +272,48 @@ def test_master_weights_follow_fp32_adam(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cast_params_keep_exact_fp32_masters(dtype):
+    """cast_params: fp32 parameters stored in dtype, their exact fp32 values as masters; the steps then follow
+    fp32 AdamW from the UNROUNDED start (bf16-weights training), and a state_dict round trip resumes exactly."""
+    init = make_params("odd")
+    ours, ref = leaves(init), leaves(init)
+    opt = FusedAdamW(ours, lr=1e-2, max_grad_norm=1e3)
+    opt.cast_params(dtype, ours[:3])
+    assert [p.dtype for p in ours] == [dtype] * 3 + [torch.float32] * 2
+    for p, r in zip(ours[:3], ref):
+        assert torch.equal(opt.state[p]["master_param"], r.detach())  # not the rounded value
+    ref_opt = torch.optim.AdamW(ref, lr=1e-2)
+    for step in range(30):
+        grads = [make_grad(p, i) for i, p in enumerate(init)]
+        for p, r, g in zip(ours, ref, grads):
+            p.grad, r.grad = g.to(p.dtype), g.to(p.dtype).float()
+        opt.step()
+        ref_opt.step()
+        if step == 14:  # save and resume into a fresh optimizer over freshly cast parameters
+            saved = copy.deepcopy(opt.state_dict())
+            fresh = leaves([opt.state[p]["master_param"] if p in opt.state and "master_param" in opt.state[p]
+                            else p.detach() for p in ours])
+            fresh_opt = FusedAdamW(fresh, lr=1e-2, max_grad_norm=1e3)
+            fresh_opt.cast_params(dtype, fresh[:3])
+            fresh_opt.load_state_dict(saved)
+            assert all(torch.equal(a, b) for a, b in zip(fresh, ours))
+            ours, opt = fresh, fresh_opt
+    for p, r in zip(ours, ref):
+        master = opt.state[p].get("master_param", p.detach())
+        assert torch.equal(p, master.to(p.dtype))
+        if r.numel():
+            assert max_rel_err(master, r.detach()) <= 1e-6
+
+
+def test_cast_params_bad_input():
+    p = torch.randn(3, requires_grad=True)
+    with pytest.raises(ValueError, match="master_weights=True and bf16/fp16"):
+        FusedAdamW([p], master_weights=False).cast_params(torch.bfloat16)
+    with pytest.raises(ValueError, match="not in this optimizer"):
+        FusedAdamW([p]).cast_params(torch.bfloat16, [torch.randn(2, requires_grad=True)])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_states_without_master(dtype):
     """States in the param's dtype, math in fp32: closer to fp32 Adam than torch's Adam in that dtype, and the
     same as the reference path."""

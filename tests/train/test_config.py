@@ -20,7 +20,7 @@ def test_resolve_layers_defaults_recipe_overrides():
     cfg = config.resolve("multitask", {"lr": 3e-5, "quora": {"encoder": "cross"}}, {"quora": {"loss": "softmax"},
                                                                                    "tasks": "sst,quora"})
     assert cfg["lr"] == 3e-5 and cfg["quora"] == {"encoder": "cross", "loss": "softmax"}
-    assert cfg["tasks"] == ["sst", "quora"] and cfg["stage"] == "multitask" and cfg["optimizer"] == "adamw"
+    assert cfg["tasks"] == ["sst", "quora"] and cfg["stage"] == "multitask" and cfg["optimizer"] == "auto"
     single = config.resolve("single", None, {"task": "sts"})
     assert single["tasks"] == ["sts"]
     assert config.task_settings(single, "sts")["encoder"] == "bi"
@@ -83,8 +83,14 @@ def test_layer_wise_lr_decay_and_no_decay_groups():
     assert wd_of[id(layer[0].output.LayerNorm.weight)] == 0.0 and wd_of[id(heads.bias)] == 0.0
     assert wd_of[id(layer[0].output.dense.weight)] == 0.1
     assert sum(len(g["params"]) for g in groups) == len(list(enc.parameters())) + 2
-    opt = optim.build(groups, cfg)
+    cpu = torch.device("cpu")
+    opt = optim.build(groups, {**cfg, "optimizer": "adamw"}, cpu)
     assert isinstance(opt, torch.optim.AdamW) and not optim.clips_itself(opt)
+    from fastbert.optim import FusedAdamW
+    auto = optim.build(groups, cfg, cpu)  # auto: fastbert's where the extension is built, else torch's
+    assert isinstance(auto, FusedAdamW if optim.has_fused_kernels(cpu) else torch.optim.AdamW)
+    with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
+        optim.build(groups, {**cfg, "optimizer": "sgd"}, cpu)
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine", "constant"])

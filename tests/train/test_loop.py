@@ -23,10 +23,17 @@ def test_frozen_encode_has_no_gradient_and_no_dropout():
     assert live.requires_grad and not torch.equal(live, a)  # dropout on
 
 
-@pytest.mark.parametrize("setting, dtype", [("fp32", None), ("bf16", torch.bfloat16)])
-def test_precision_settings(setting, dtype):
-    assert loop.precision({"precision": setting}, torch.device("cpu")) == dtype
+@pytest.mark.parametrize("setting, optimizer, resolved", [
+    ("fp32", "auto", "fp32"), ("bf16", "fused_adamw", "bf16"), ("bf16-autocast", "adamw", "bf16-autocast"),
+    ("auto", "fused_adamw", "bf16"), ("auto", "adamw", "bf16-autocast")])
+def test_precision_settings(setting, optimizer, resolved):
+    if setting == "auto" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        resolved = "fp32"
+    assert loop.precision({"precision": setting, "optimizer": optimizer}, torch.device("cpu")) == resolved
+    assert loop.autocast_dtype(resolved) == (torch.bfloat16 if resolved == "bf16-autocast" else None)
     with pytest.raises(ValueError, match="fp16 needs CUDA"):
-        loop.precision({"precision": "fp16"}, torch.device("cpu"))
+        loop.precision({"precision": "fp16", "optimizer": optimizer}, torch.device("cpu"))
     with pytest.raises(ValueError, match="precision must be"):
-        loop.precision({"precision": "fp8"}, torch.device("cpu"))
+        loop.precision({"precision": "fp8", "optimizer": optimizer}, torch.device("cpu"))
+    with pytest.raises(ValueError, match="use optimizer fused_adamw"):
+        loop.precision({"precision": "bf16", "optimizer": "adamw"}, torch.device("cpu"))

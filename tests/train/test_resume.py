@@ -48,7 +48,7 @@ def killed_run(settings, run_dir, after_step):
 def settings(tiny):
     return {**tiny, "model": {**TINY_MODEL, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1},
             "tasks": ["sst", "quora", "sts"], "routine": "stochastic", "max_steps": 14, "save_every": 3,
-            "skip_bad_rows": True, "warmup": 0.2}
+            "skip_bad_rows": True, "warmup": 0.2, "precision": "bf16"}  # bf16 weights: masters saved, resumed
 
 
 def test_resume_after_sigkill_and_sigint_matches_uninterrupted(settings, tmp_path, monkeypatch):

@@ -1,0 +1,60 @@
+"""fastbert's CPU training speed-up over Hugging Face, in one process: every variant's round (the same real
+SST / Quora / STS batches) in turn, the order rotated every round, repeated; the median round time per
+variant; ratios of medians. On a shared machine, interleaving the variants spreads the noise over all alike.
+
+  python bench/cpu_speedup.py [--shape minilm|bert-base] [--batch 32] [--batches 3] [--rounds 7] [--threads 1]
+      [--variants fastbert,hf-fp32,hf-bf16]
+"""
+import argparse
+import statistics
+import time
+
+import torch
+
+from bench.conftest import DATA_DIR, Runner, load_tasks, model_weights, real_batches, train_flops
+from fastbert import BertTokenizer
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="minilm")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batches", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--variants", default="fastbert,fastbert-bf16-autocast,fastbert-fp32,hf-fp32,hf-bf16")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    batches = real_batches(load_tasks(DATA_DIR), BertTokenizer.from_pretrained(), args.batches, args.batch, seed=1)
+    weights = model_weights(args.shape)
+    runners = {v: Runner(v, args.shape, torch.device("cpu"), weights=weights) for v in args.variants.split(",")}
+    for r in runners.values():  # warm-up: optimizer state, oneDNN primitives
+        r.train_step(batches[0])
+    times = {v: [] for v in runners}
+    order = list(runners)
+    for i in range(args.rounds):
+        for v in order[i % len(order):] + order[:i % len(order)]:  # each variant in each position in turn
+            r, t = runners[v], time.perf_counter()
+            for b in batches:
+                r.train_step(b)
+            times[v].append(time.perf_counter() - t)
+    a = torch.randn(2048, 768, dtype=torch.bfloat16)
+    b = torch.randn(768, 3072, dtype=torch.bfloat16)
+    peak = []
+    for _ in range(20):
+        t = time.perf_counter()
+        a @ b
+        peak.append(2 * 2048 * 768 * 3072 / (time.perf_counter() - t) / 1e12)
+    peak = max(peak)  # the attainable rate: the best of 20 (the machine is shared)
+    flops = train_flops(next(iter(runners.values())).config, [n for b in batches for n in b.packed.lengths.tolist()])
+    med = {v: statistics.median(ts) for v, ts in times.items()}
+    tokens = sum(b.tokens for b in batches)
+    print(f"{args.shape}, {args.batches} batches x {args.batch} sequences ({tokens} real tokens), {args.rounds} "
+          f"rounds, {args.threads} threads; bf16 matmul rate {peak:.2f} TFLOP/s")
+    for v, m in med.items():
+        ratios = ", ".join(f"{med[o] / m:.2f}x {o}" for o in med if o != v and o.startswith("hf"))
+        print(f"  {v:24s} {1e3 * m / args.batches:8.1f} ms/step  MFU {100 * flops / m / 1e12 / peak:5.1f}%  {ratios}")
+
+
+if __name__ == "__main__":
+    main()
