@@ -155,7 +155,8 @@ def op_backends(dev: torch.device) -> dict[str, str]:
         for m in pkgutil.iter_modules(fastbert.ops.__path__):
             kernels = getattr(importlib.import_module(f"fastbert.ops.{m.name}"), "KERNELS", None)
             if kernels is not None:
-                out[m.name] = backend.resolve(m.name, dev, kernels)
+                op = {"embedding": "embedding_layer_norm"}.get(m.name, m.name)  # the op's name where it differs
+                out[op] = backend.resolve(op, dev, kernels)
     return out
 
 

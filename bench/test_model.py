@@ -40,8 +40,8 @@ def sizes(device: torch.device, shape: str = "minilm") -> dict:
     if device.type == "cuda":
         return dict(batch=32, batches=6, rounds=10, warmup=2, infer_batch=128, mem_batch=32, matmul_m=16384)
     if shape == "bert-base":
-        return dict(batch=8, batches=3, rounds=2, warmup=0, infer_batch=16, mem_batch=4, matmul_m=2048)
-    return dict(batch=16, batches=3, rounds=3, warmup=0, infer_batch=32, mem_batch=4, matmul_m=2048)
+        return dict(batch=16, batches=3, rounds=3, warmup=0, infer_batch=16, mem_batch=4, matmul_m=2048)
+    return dict(batch=32, batches=3, rounds=5, warmup=0, infer_batch=32, mem_batch=4, matmul_m=2048)
 
 
 @functools.cache
