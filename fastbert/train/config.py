@@ -60,7 +60,7 @@ DEFAULTS = {
     "precision": "auto",
     "device": "auto",
     "seed": 0,
-    "threads": "auto",  # torch CPU threads: auto = the cores not already busy (cpu count - load average), >= 1
+    "threads": "auto",  # torch CPU threads: auto = the cores not already busy (sampled from /proc/stat), >= 1
     # the run
     "run_dir": None,  # None: runs/<stage>-<time>
     "resume": False,  # continue run_dir (or the newest runs/<stage>-*) from its last checkpoint

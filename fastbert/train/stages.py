@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 import zlib
 
 import numpy as np
@@ -139,10 +140,30 @@ def set_threads(cfg: dict) -> int:
     times slower than one thread (OpenMP threads wait on each other's descheduled peers)."""
     n = cfg["threads"]
     if n == "auto":
-        n = max(1, (os.cpu_count() or 1) - int(round(os.getloadavg()[0])))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        n = max(1, cores - int(round(busy_cores())))
     if n:
         torch.set_num_threads(int(n))
     return torch.get_num_threads()
+
+
+def busy_cores(window: float = 0.5) -> float:
+    """Cores other processes keep busy, sampled from /proc/stat over `window` seconds (this process is
+    idle meanwhile). Not the load average: it lags by a minute, so right after `scripts/setup.sh` it
+    still counts the compilers. Elsewhere (no /proc/stat), the load average."""
+    def sample():
+        with open("/proc/stat", encoding="ascii") as f:
+            ticks = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+        return sum(ticks), ticks[3] + ticks[4]
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(window)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    cpus = os.cpu_count() or 1
+    return 0.0 if total1 <= total0 else cpus * (1 - (idle1 - idle0) / (total1 - total0))
 
 
 def _run_dir(cfg: dict) -> tuple[str, str | None]:

@@ -1,4 +1,5 @@
 import os
+import time
 
 import pytest
 import torch
@@ -102,6 +103,21 @@ def test_schedules(kind):
     else:
         assert f(55) == pytest.approx(0.5) and f(99) < 0.02
     assert optim.schedule({"warmup": 5, "schedule": kind}, 100)(4) == pytest.approx(5 / 6)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="busy_cores samples /proc/stat (Linux)")
+def test_busy_cores_sees_a_spinning_process():
+    import subprocess
+    import sys
+
+    from fastbert.train.stages import busy_cores
+    spin = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 3: pass"])
+    try:
+        time.sleep(0.3)  # the interpreter is up and spinning
+        assert busy_cores(0.5) >= 0.6  # one core busy (more if the machine is shared)
+    finally:
+        spin.kill()
+        spin.wait()
 
 
 def test_threads_setting():
