@@ -24,8 +24,8 @@ import tempfile
 import pytest
 import torch
 
-from bench.conftest import (MODEL_SHAPES, QUICK, Runner, device_name, forward_flops, long_batch, median_s, model_weights,
-                            op_backends, optimizer_name, quick_skip, real_batches, sync, train_flops)
+from bench.conftest import (MODEL_SHAPES, QUICK, VARIANTS, Runner, device_name, forward_flops, long_batch, median_s,
+                            model_weights, op_backends, optimizer_name, quick_skip, real_batches, sync, train_flops)
 
 
 # torch.compile baselines: on CUDA by default, on CPU when asked (compiling takes minutes there)
@@ -87,11 +87,10 @@ def _record(benchmark, kind, shape, variant, runner, batches, flops, **extra):
         benchmark.extra_info["tflops"] = flops / t / 1e12
 
 
-TRAIN = [(s, v) for s in MODEL_SHAPES for v in ("fastbert", "fastbert-bf16-autocast", "fastbert-fp32", "hf-fp32", "hf-bf16",
-                                                    "hf-bf16-compile")]
+CASES = [(s, v) for s in MODEL_SHAPES for v in VARIANTS if not v.startswith("reference")]  # speed: vs Hugging Face
 
 
-@pytest.mark.parametrize("shape,variant", TRAIN, ids=[f"{s}-{v}" for s, v in TRAIN])
+@pytest.mark.parametrize("shape,variant", CASES, ids=[f"{s}-{v}" for s, v in CASES])
 def test_train_step(benchmark, shape, variant, device, tasks, tokenizer):
     sz = sizes(device, shape)
     batches = [b.to(device) for b in real_batches(tasks, tokenizer, sz["batches"], sz["batch"], seed=1)]
@@ -111,11 +110,7 @@ def test_train_step(benchmark, shape, variant, device, tasks, tokenizer):
     _record(benchmark, "train", shape, variant, runner, batches, flops, op_backends=op_backends(device))
 
 
-INFER = [(s, v) for s in MODEL_SHAPES for v in ("fastbert", "fastbert-bf16-autocast", "fastbert-fp32", "hf-fp32", "hf-bf16",
-                                                    "hf-bf16-compile")]
-
-
-@pytest.mark.parametrize("shape,variant", INFER, ids=[f"{s}-{v}" for s, v in INFER])
+@pytest.mark.parametrize("shape,variant", CASES, ids=[f"{s}-{v}" for s, v in CASES])
 def test_inference(benchmark, shape, variant, device, tasks, tokenizer):
     sz = sizes(device, shape)
     batches = [b.to(device) for b in real_batches(tasks, tokenizer, sz["batches"], sz["infer_batch"], seed=2)]
