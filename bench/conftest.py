@@ -160,6 +160,18 @@ def op_backends(dev: torch.device) -> dict[str, str]:
     return out
 
 
+def cuda_step(mode: str, fn, inputs):
+    """The per-op benchmarks' callable to time on CUDA: forward, backward of a fixed graph, or both; each
+    ends synchronised."""
+    grad = torch.randn(inputs[0].shape, device=inputs[0].device, dtype=inputs[0].dtype)
+    if mode == "backward":
+        out = fn(*inputs)
+        return lambda: (torch.autograd.grad(out, inputs, grad, retain_graph=True), torch.cuda.synchronize())
+    if mode == "forward":
+        return lambda: (fn(*inputs), torch.cuda.synchronize())
+    return lambda: (torch.autograd.grad(fn(*inputs), inputs, grad), torch.cuda.synchronize())
+
+
 # -- device, quick mode --------------------------------------------------------------------------------
 
 def device_name() -> str:

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bench.conftest import cuda_step
 from fastbert import backend, ops, use_backend
 
 CUDA = torch.cuda.is_available()
@@ -32,17 +33,6 @@ def _fused(x, b, approximate="none"):
         return ops.bias_gelu(x, b, approximate)
 
 
-def _step(mode, fn, inputs):
-    """The callable to time: forward, backward of a fixed graph, or both; each ends synchronised."""
-    grad = torch.randn(inputs[0].shape, device=inputs[0].device, dtype=inputs[0].dtype)
-    if mode == "backward":
-        out = fn(*inputs)
-        return lambda: (torch.autograd.grad(out, inputs, grad, retain_graph=True), torch.cuda.synchronize())
-    if mode == "forward":
-        return lambda: (fn(*inputs), torch.cuda.synchronize())
-    return lambda: (torch.autograd.grad(fn(*inputs), inputs, grad), torch.cuda.synchronize())
-
-
 @pytest.mark.skipif(not CUDA, reason="bias_gelu timings need a CUDA GPU (CPU runs only the interpreter smoke check)")
 @pytest.mark.parametrize("impl", ["fastbert", "torch"])
 @pytest.mark.parametrize("mode", ["forward", "backward", "forward+backward"])
@@ -52,7 +42,7 @@ def test_bias_gelu_speed(benchmark, impl, mode, dtype, n):
     rows = 32 * 512  # a BERT batch: 32 sequences of 512 tokens
     x = torch.randn(rows, n, device="cuda", dtype=dtype, requires_grad=True)
     b = torch.randn(n, device="cuda", dtype=dtype, requires_grad=True)
-    step = _step(mode, _fused if impl == "fastbert" else _eager, (x, b))
+    step = cuda_step(mode, _fused if impl == "fastbert" else _eager, (x, b))
     step()  # compile / warm up
     moved = _bytes(mode, rows, n, dtype)
     benchmark.group = f"bias_gelu {mode} {rows}x{n} {str(dtype)[6:]}"

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bench.conftest import cuda_step
 from fastbert import backend, ops, use_backend
 
 CUDA = torch.cuda.is_available()
@@ -40,17 +41,6 @@ def _case(rows, n, dtype, device):
     return x, r, w, b, ib
 
 
-def _step(mode, fn, inputs):
-    """The callable to time: forward, backward of a fixed graph, or both; each ends synchronised."""
-    grad = torch.randn(inputs[0].shape, device=inputs[0].device, dtype=inputs[0].dtype)
-    if mode == "backward":
-        out = fn(*inputs)
-        return lambda: (torch.autograd.grad(out, inputs, grad, retain_graph=True), torch.cuda.synchronize())
-    if mode == "forward":
-        return lambda: (fn(*inputs), torch.cuda.synchronize())
-    return lambda: (torch.autograd.grad(fn(*inputs), inputs, grad), torch.cuda.synchronize())
-
-
 @pytest.mark.skipif(not CUDA, reason="layer_norm timings need a CUDA GPU (CPU runs only the interpreter smoke check)")
 @pytest.mark.parametrize("impl", ["fastbert", "torch"])
 @pytest.mark.parametrize("mode", ["forward", "backward", "forward+backward"])
@@ -59,7 +49,7 @@ def _step(mode, fn, inputs):
 def test_layer_norm_speed(benchmark, impl, mode, dtype, n):
     rows = 32 * 512  # a BERT batch: 32 sequences of 512 tokens
     inputs = _case(rows, n, dtype, "cuda")
-    step = _step(mode, _fused if impl == "fastbert" else _eager, inputs)
+    step = cuda_step(mode, _fused if impl == "fastbert" else _eager, inputs)
     step()  # compile / warm up
     moved = _bytes(mode, rows, n, dtype)
     benchmark.group = f"layer_norm {mode} {rows}x{n} {str(dtype)[6:]}"
