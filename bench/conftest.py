@@ -13,6 +13,7 @@ benchmark sees their true length distribution; they are read by fastbert.data, a
 from __future__ import annotations
 
 import dataclasses
+import gc
 import datetime
 import importlib
 import os
@@ -399,6 +400,7 @@ class Runner:
         self.opt = make_optimizer([*self.model.parameters(), *self.heads.parameters()], self.optimizer_kind)
         if self.precision == "bf16":  # the encoder in bf16, its fp32 values kept as the optimizer's masters
             self.opt.cast_params(torch.bfloat16, list(self.model.parameters()))
+        gc.freeze()  # data and models set up so far live on: out of the collector's full passes, as the driver does
 
     def weights(self) -> list[torch.Tensor]:
         """The encoder's parameters as trained: the fp32 master copies where the optimizer keeps them."""

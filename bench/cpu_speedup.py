@@ -1,9 +1,11 @@
 """fastbert's CPU training speed-up over Hugging Face, in one process: every variant's round (the same real
 SST / Quora / STS batches) in turn, the order rotated every round, repeated; the median round time per
 variant; ratios of medians. On a shared machine, interleaving the variants spreads the noise over all alike.
+Every round draws new batches, as training does (new token counts: a bf16 matmul on CPU pays ~10 ms to
+build a kernel for each new shape); --repeat runs the same batches every round instead.
 
-  python bench/cpu_speedup.py [--shape minilm|bert-base] [--batch 32] [--batches 3] [--rounds 7] [--threads 1]
-      [--variants fastbert,hf-fp32,hf-bf16]
+  python -m bench.cpu_speedup [--shape minilm|bert-base] [--batch 32] [--batches 3] [--rounds 7] [--threads 1]
+      [--variants fastbert,hf-fp32,hf-bf16] [--repeat]
 """
 import argparse
 import statistics
@@ -23,19 +25,24 @@ def main():
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--variants", default="fastbert,fastbert-bf16-autocast,fastbert-fp32,hf-fp32,hf-bf16")
+    ap.add_argument("--repeat", action="store_true", help="the same batches every round")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    batches = real_batches(load_tasks(DATA_DIR), BertTokenizer.from_pretrained(), args.batches, args.batch, seed=1)
+    tasks, tokenizer = load_tasks(DATA_DIR), BertTokenizer.from_pretrained()
+    rounds = [real_batches(tasks, tokenizer, args.batches, args.batch, seed=1 if args.repeat else 1 + i)
+              for i in range(args.rounds + 1)]  # round 0: warm-up
+    batches = rounds[0]
     weights = model_weights(args.shape)
     runners = {v: Runner(v, args.shape, torch.device("cpu"), weights=weights) for v in args.variants.split(",")}
     for r in runners.values():  # warm-up: optimizer state, oneDNN primitives
-        r.train_step(batches[0])
+        for b in batches:
+            r.train_step(b)
     times = {v: [] for v in runners}
     order = list(runners)
     for i in range(args.rounds):
         for v in order[i % len(order):] + order[:i % len(order)]:  # each variant in each position in turn
             r, t = runners[v], time.perf_counter()
-            for b in batches:
+            for b in rounds[1 + i]:
                 r.train_step(b)
             times[v].append(time.perf_counter() - t)
     a = torch.randn(2048, 768, dtype=torch.bfloat16)
@@ -46,11 +53,14 @@ def main():
         a @ b
         peak.append(2 * 2048 * 768 * 3072 / (time.perf_counter() - t) / 1e12)
     peak = max(peak)  # the attainable rate: the best of 20 (the machine is shared)
-    flops = train_flops(next(iter(runners.values())).config, [n for b in batches for n in b.packed.lengths.tolist()])
+    config = next(iter(runners.values())).config
+    lengths = [[n for b in rb for n in b.packed.lengths.tolist()] for rb in rounds[1:]]
+    flops = statistics.median(train_flops(config, ls) for ls in lengths)  # per round; rounds differ by a few %
     med = {v: statistics.median(ts) for v, ts in times.items()}
-    tokens = sum(b.tokens for b in batches)
-    print(f"{args.shape}, {args.batches} batches x {args.batch} sequences ({tokens} real tokens), {args.rounds} "
-          f"rounds, {args.threads} threads; bf16 matmul rate {peak:.2f} TFLOP/s")
+    tokens = statistics.median(sum(ls) for ls in lengths)
+    print(f"{args.shape}, {args.batches} batches x {args.batch} sequences (median {tokens:.0f} real tokens), "
+          f"{args.rounds} rounds of {'the same' if args.repeat else 'new'} batches, {args.threads} threads; "
+          f"bf16 matmul rate {peak:.2f} TFLOP/s")
     for v, m in med.items():
         ratios = ", ".join(f"{med[o] / m:.2f}x {o}" for o in med if o != v and o.startswith("hf"))
         print(f"  {v:24s} {1e3 * m / args.batches:8.1f} ms/step  MFU {100 * flops / m / 1e12 / peak:5.1f}%  {ratios}")

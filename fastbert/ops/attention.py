@@ -28,7 +28,7 @@ import math
 import torch
 
 from fastbert import backend
-from fastbert.ops import _checks, padding, philox
+from fastbert.ops import _autograd, _checks, padding, philox
 
 KERNELS = ("triton", "cpu")
 
@@ -66,7 +66,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens: torch.
     impl = _resolve(op, q)
     if impl == "reference":
         return attention_reference(q, k, v, seqlens, dropout_p, scale, seed)
-    return _forward(q, k, v, seqlens.to(torch.int32), scale, dropout_p, seed, impl)[0]
+    return _forward_autograd(q, k, v, seqlens.to(torch.int32), scale, dropout_p, seed, impl)[0]
 
 
 def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
@@ -91,7 +91,7 @@ def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     impl = _resolve(op, q)
     if impl == "reference":
         return attention_varlen_reference(q, k, v, cu_seqlens, max_seqlen, dropout_p, scale, seed)
-    return _varlen_forward(q, k, v, cu_seqlens, max_seqlen, scale, dropout_p, seed, impl)[0]
+    return _varlen_forward_autograd(q, k, v, cu_seqlens, max_seqlen, scale, dropout_p, seed, impl)[0]
 
 
 def attention_reference(q, k, v, seqlens, dropout_p=0.0, scale=None, seed=0):
@@ -127,10 +127,12 @@ def _kernels(impl: str):
     return torch.ops.fastbert_C if impl == "cpu" else importlib.import_module("fastbert.kernels.attention")
 
 
-@torch.library.custom_op("fastbert::attention_forward", mutates_args=())
-def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens: torch.Tensor, scale: float,
-             dropout_p: float, seed: int, impl: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens: torch.Tensor, scale: float,
+                    dropout_p: float, seed: int, impl: str) -> tuple[torch.Tensor, torch.Tensor]:
     return tuple(_kernels(impl).attention_forward(q, k, v, seqlens, scale, dropout_p, seed))
+
+
+_forward = torch.library.custom_op("fastbert::attention_forward", _forward_kernel, mutates_args=())
 
 
 @_forward.register_fake
@@ -139,11 +141,13 @@ def _(q, k, v, seqlens, scale, dropout_p, seed, impl):
     return q.new_empty(q.shape), q.new_empty(B, H, S, dtype=torch.float32)
 
 
-@torch.library.custom_op("fastbert::attention_backward", mutates_args=())
-def _backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-              lse: torch.Tensor, seqlens: torch.Tensor, scale: float, dropout_p: float, seed: int,
-              impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward_kernel(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                     lse: torch.Tensor, seqlens: torch.Tensor, scale: float, dropout_p: float, seed: int,
+                     impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return tuple(_kernels(impl).attention_backward(grad_out, q, k, v, out, lse, seqlens, scale, dropout_p, seed))
+
+
+_backward = torch.library.custom_op("fastbert::attention_backward", _backward_kernel, mutates_args=())
 
 
 @_backward.register_fake
@@ -161,18 +165,23 @@ def _setup_context(ctx, inputs, output):
 
 def _autograd_backward(ctx, grad_out, _grad_lse):
     q, k, v, out, lse, seqlens = ctx.saved_tensors
-    dq, dk, dv = _backward(grad_out.contiguous(), q, k, v, out, lse, seqlens, *ctx.args)
+    dq, dk, dv = _autograd.pick(_backward, _backward_kernel)(grad_out.contiguous(), q, k, v, out, lse, seqlens,
+                                                             *ctx.args)
     return dq, dk, dv, None, None, None, None, None
 
 
 _forward.register_autograd(_autograd_backward, setup_context=_setup_context)
+_forward_autograd = _autograd.function(_forward, _forward_kernel, _setup_context, _autograd_backward)
 
 
-@torch.library.custom_op("fastbert::attention_varlen_forward", mutates_args=())
-def _varlen_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
-                    max_seqlen: int, scale: float, dropout_p: float, seed: int,
-                    impl: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _varlen_forward_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                           max_seqlen: int, scale: float, dropout_p: float, seed: int,
+                           impl: str) -> tuple[torch.Tensor, torch.Tensor]:
     return tuple(_kernels(impl).attention_varlen_forward(q, k, v, cu_seqlens, max_seqlen, scale, dropout_p, seed))
+
+
+_varlen_forward = torch.library.custom_op("fastbert::attention_varlen_forward", _varlen_forward_kernel,
+                                          mutates_args=())
 
 
 @_varlen_forward.register_fake
@@ -181,13 +190,16 @@ def _(q, k, v, cu_seqlens, max_seqlen, scale, dropout_p, seed, impl):
     return q.new_empty(q.shape), q.new_empty(H, T, dtype=torch.float32)
 
 
-@torch.library.custom_op("fastbert::attention_varlen_backward", mutates_args=())
-def _varlen_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     out: torch.Tensor, lse: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-                     scale: float, dropout_p: float, seed: int,
-                     impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _varlen_backward_kernel(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                            out: torch.Tensor, lse: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                            scale: float, dropout_p: float, seed: int,
+                            impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return tuple(_kernels(impl).attention_varlen_backward(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen,
                                                           scale, dropout_p, seed))
+
+
+_varlen_backward = torch.library.custom_op("fastbert::attention_varlen_backward", _varlen_backward_kernel,
+                                           mutates_args=())
 
 
 @_varlen_backward.register_fake
@@ -206,8 +218,11 @@ def _varlen_setup_context(ctx, inputs, output):
 def _varlen_autograd_backward(ctx, grad_out, _grad_lse):
     q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
     max_seqlen, *rest = ctx.args
-    dq, dk, dv = _varlen_backward(grad_out.contiguous(), q, k, v, out, lse, cu_seqlens, max_seqlen, *rest)
+    dq, dk, dv = _autograd.pick(_varlen_backward, _varlen_backward_kernel)(
+        grad_out.contiguous(), q, k, v, out, lse, cu_seqlens, max_seqlen, *rest)
     return dq, dk, dv, None, None, None, None, None, None
 
 
 _varlen_forward.register_autograd(_varlen_autograd_backward, setup_context=_varlen_setup_context)
+_varlen_forward_autograd = _autograd.function(_varlen_forward, _varlen_forward_kernel, _varlen_setup_context,
+                                              _varlen_autograd_backward)

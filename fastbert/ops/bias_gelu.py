@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from fastbert import backend
-from fastbert.ops import _checks
+from fastbert.ops import _autograd, _checks
 
 KERNELS = ("triton", "cpu")
 APPROXIMATIONS = ("none", "tanh")
@@ -31,7 +31,7 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None = None, approximate: st
     if impl == "reference":
         return bias_gelu_reference(x, bias, approximate)
     b = x.new_empty(0) if bias is None else bias.contiguous()
-    return _forward(x.reshape(-1, x.shape[-1]).contiguous(), b, approximate, impl).view(x.shape)
+    return _forward_autograd(x.reshape(-1, x.shape[-1]).contiguous(), b, approximate, impl).view(x.shape)
 
 
 def bias_gelu_reference(x, bias=None, approximate="none"):
@@ -46,9 +46,11 @@ def _kernels(impl: str):
     return torch.ops.fastbert_C if impl == "cpu" else importlib.import_module("fastbert.kernels.bias_gelu")
 
 
-@torch.library.custom_op("fastbert::bias_gelu_forward", mutates_args=())
-def _forward(x: torch.Tensor, bias: torch.Tensor, approximate: str, impl: str) -> torch.Tensor:
+def _forward_kernel(x: torch.Tensor, bias: torch.Tensor, approximate: str, impl: str) -> torch.Tensor:
     return _kernels(impl).bias_gelu_forward(x, bias, approximate)
+
+
+_forward = torch.library.custom_op("fastbert::bias_gelu_forward", _forward_kernel, mutates_args=())
 
 
 @_forward.register_fake
@@ -56,10 +58,12 @@ def _(x, bias, approximate, impl):
     return torch.empty_like(x)
 
 
-@torch.library.custom_op("fastbert::bias_gelu_backward", mutates_args=())
-def _backward(grad_out: torch.Tensor, x: torch.Tensor, bias: torch.Tensor, approximate: str,
-              impl: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _backward_kernel(grad_out: torch.Tensor, x: torch.Tensor, bias: torch.Tensor, approximate: str,
+                     impl: str) -> tuple[torch.Tensor, torch.Tensor]:
     return tuple(_kernels(impl).bias_gelu_backward(grad_out, x, bias, approximate))
+
+
+_backward = torch.library.custom_op("fastbert::bias_gelu_backward", _backward_kernel, mutates_args=())
 
 
 @_backward.register_fake
@@ -75,8 +79,9 @@ def _setup_context(ctx, inputs, output):
 
 def _autograd_backward(ctx, grad_out):
     x, bias = ctx.saved_tensors
-    gx, gb = _backward(grad_out.contiguous(), x, bias, *ctx.args)
+    gx, gb = _autograd.pick(_backward, _backward_kernel)(grad_out.contiguous(), x, bias, *ctx.args)
     return gx, gb.to(bias.dtype) if bias.numel() else None, None, None
 
 
 _forward.register_autograd(_autograd_backward, setup_context=_setup_context)
+_forward_autograd = _autograd.function(_forward, _forward_kernel, _setup_context, _autograd_backward)

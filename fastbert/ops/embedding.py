@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from fastbert import backend
-from fastbert.ops import _checks, philox
+from fastbert.ops import _autograd, _checks, philox
 
 KERNELS = ("triton", "cpu")
 _INDEX_DTYPES = (torch.int32, torch.int64)
@@ -64,7 +64,7 @@ def embedding_layer_norm(input_ids: torch.Tensor, token_type_ids: torch.Tensor, 
         return embedding_layer_norm_reference(input_ids, token_type_ids, position_ids, word, token_type, position,
                                               weight, bias, eps, dropout_p, seed, padding_idx)
     flat = lambda t: t.reshape(-1).to(torch.int64)  # noqa: E731
-    out = _forward(flat(input_ids), flat(token_type_ids), flat(position_ids), word.contiguous(),
+    out = _forward_autograd(flat(input_ids), flat(token_type_ids), flat(position_ids), word.contiguous(),
                    token_type.contiguous(), position.contiguous(), weight.contiguous(), bias.contiguous(), eps,
                    dropout_p, seed, -1 if padding_idx is None else padding_idx, impl)[0]
     return out.view(*input_ids.shape, n)
@@ -89,13 +89,15 @@ def _kernels(impl: str):
     return torch.ops.fastbert_C if impl == "cpu" else importlib.import_module("fastbert.kernels.embedding")
 
 
-@torch.library.custom_op("fastbert::embedding_layer_norm_forward", mutates_args=())
-def _forward(input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor, word: torch.Tensor,
-             token_type: torch.Tensor, position: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-             dropout_p: float, seed: int, padding_idx: int, impl: str
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _forward_kernel(input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor,
+                    word: torch.Tensor, token_type: torch.Tensor, position: torch.Tensor, weight: torch.Tensor,
+                    bias: torch.Tensor, eps: float, dropout_p: float, seed: int, padding_idx: int, impl: str
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return tuple(_kernels(impl).embedding_layer_norm_forward(
         input_ids, token_type_ids, position_ids, word, token_type, position, weight, bias, eps, dropout_p, seed))
+
+
+_forward = torch.library.custom_op("fastbert::embedding_layer_norm_forward", _forward_kernel, mutates_args=())
 
 
 @_forward.register_fake
@@ -105,15 +107,17 @@ def _(input_ids, token_type_ids, position_ids, word, token_type, position, weigh
     return word.new_empty(input_ids.shape[0], word.shape[1]), stats, torch.empty_like(stats)
 
 
-@torch.library.custom_op("fastbert::embedding_layer_norm_backward", mutates_args=())
-def _backward(grad_out: torch.Tensor, input_ids: torch.Tensor, token_type_ids: torch.Tensor,
-              position_ids: torch.Tensor, word: torch.Tensor, token_type: torch.Tensor, position: torch.Tensor,
-              weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, dropout_p: float, seed: int,
-              padding_idx: int, impl: str
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward_kernel(grad_out: torch.Tensor, input_ids: torch.Tensor, token_type_ids: torch.Tensor,
+                     position_ids: torch.Tensor, word: torch.Tensor, token_type: torch.Tensor, position: torch.Tensor,
+                     weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, dropout_p: float, seed: int,
+                     padding_idx: int, impl: str
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return tuple(_kernels(impl).embedding_layer_norm_backward(
         grad_out, input_ids, token_type_ids, position_ids, word, token_type, position, weight, mean, rstd, dropout_p,
         seed, padding_idx))
+
+
+_backward = torch.library.custom_op("fastbert::embedding_layer_norm_backward", _backward_kernel, mutates_args=())
 
 
 @_backward.register_fake
@@ -135,10 +139,12 @@ def _setup_context(ctx, inputs, output):
 
 def _autograd_backward(ctx, grad_out, _grad_mean, _grad_rstd):
     input_ids, token_type_ids, position_ids, word, token_type, position, weight, mean, rstd = ctx.saved_tensors
-    g_word, g_type, g_pos, g_w, g_b = _backward(grad_out.contiguous(), input_ids, token_type_ids, position_ids, word,
-                                                token_type, position, weight, mean, rstd, *ctx.args)
+    g_word, g_type, g_pos, g_w, g_b = _autograd.pick(_backward, _backward_kernel)(
+        grad_out.contiguous(), input_ids, token_type_ids, position_ids, word, token_type, position, weight, mean, rstd,
+        *ctx.args)
     return (None, None, None, g_word, g_type, g_pos, g_w.to(weight.dtype), g_b.to(ctx.bias_dtype), None, None, None,
             None, None)
 
 
 _forward.register_autograd(_autograd_backward, setup_context=_setup_context)
+_forward_autograd = _autograd.function(_forward, _forward_kernel, _setup_context, _autograd_backward)

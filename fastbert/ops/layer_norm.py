@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from fastbert import backend
-from fastbert.ops import _checks, philox
+from fastbert.ops import _autograd, _checks, philox
 
 KERNELS = ("triton", "cpu")
 
@@ -49,7 +49,7 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
     if impl == "reference":
         return layer_norm_reference(x, weight, bias, eps, residual, input_bias, dropout_p, seed)
     rows = lambda t: None if t is None else t.reshape(-1, n).contiguous()  # noqa: E731
-    out = _forward(rows(x), weight.contiguous(), bias.contiguous(), rows(residual),
+    out = _forward_autograd(rows(x), weight.contiguous(), bias.contiguous(), rows(residual),
                    None if input_bias is None else input_bias.contiguous(), eps, dropout_p, seed, impl)[0]
     return out.view(x.shape)
 
@@ -73,11 +73,13 @@ def _kernels(impl: str):
     return torch.ops.fastbert_C if impl == "cpu" else importlib.import_module("fastbert.kernels.layer_norm")
 
 
-@torch.library.custom_op("fastbert::layer_norm_forward", mutates_args=())
-def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None,
-             input_bias: torch.Tensor | None, eps: float, dropout_p: float, seed: int,
+def _forward_kernel(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None,
+                    input_bias: torch.Tensor | None, eps: float, dropout_p: float, seed: int,
              impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return tuple(_kernels(impl).layer_norm_forward(x, weight, bias, residual, input_bias, eps, dropout_p, seed))
+
+
+_forward = torch.library.custom_op("fastbert::layer_norm_forward", _forward_kernel, mutates_args=())
 
 
 @_forward.register_fake
@@ -87,12 +89,14 @@ def _(x, weight, bias, residual, input_bias, eps, dropout_p, seed, impl):
     return torch.empty_like(x), torch.empty_like(x) if keep_h else x.new_empty(0), stats, torch.empty_like(stats)
 
 
-@torch.library.custom_op("fastbert::layer_norm_backward", mutates_args=())
-def _backward(grad_out: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,
-              rstd: torch.Tensor, dropout_p: float, seed: int, has_input_bias: bool, impl: str
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward_kernel(grad_out: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,
+                     rstd: torch.Tensor, dropout_p: float, seed: int, has_input_bias: bool, impl: str
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return tuple(_kernels(impl).layer_norm_backward(grad_out, h, weight, mean, rstd, dropout_p, seed,
                                                     has_input_bias))
+
+
+_backward = torch.library.custom_op("fastbert::layer_norm_backward", _backward_kernel, mutates_args=())
 
 
 @_backward.register_fake
@@ -116,8 +120,8 @@ def _setup_context(ctx, inputs, output):
 def _autograd_backward(ctx, grad_out, _grad_h, _grad_mean, _grad_rstd):
     h, weight, mean, rstd = ctx.saved_tensors
     dropout_p, seed, has_input_bias, impl = ctx.args
-    gh, gx, gw, gb, gib = _backward(grad_out.contiguous(), h, weight, mean, rstd, dropout_p, seed,
-                                    has_input_bias, impl)
+    gh, gx, gw, gb, gib = _autograd.pick(_backward, _backward_kernel)(
+        grad_out.contiguous(), h, weight, mean, rstd, dropout_p, seed, has_input_bias, impl)
     x_dtype, r_dtype, w_dtype, b_dtype, ib_dtype = ctx.dtypes
     gx = (gx if dropout_p > 0 else gh).to(x_dtype)
     return (gx, gw.to(w_dtype), gb.to(b_dtype), None if r_dtype is None else gh.to(r_dtype),
@@ -125,3 +129,4 @@ def _autograd_backward(ctx, grad_out, _grad_h, _grad_mean, _grad_rstd):
 
 
 _forward.register_autograd(_autograd_backward, setup_context=_setup_context)
+_forward_autograd = _autograd.function(_forward, _forward_kernel, _setup_context, _autograd_backward)

@@ -11,6 +11,7 @@ state, so it continues with the same losses as a run never stopped.
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import signal
 import sys
@@ -267,6 +268,7 @@ def train(cfg: dict, run: Run, model: Model, loaders: dict[str, Loader], dev_loa
                                  f"(losses {values}; lr {sched.get_last_lr()[0]:.3g})")
 
     flag, old_handlers = _interrupts()
+    gc.freeze()  # data, model and optimizer live for the whole run: out of the collector's full passes (~5% a step)
     started, t_log, tokens_log = time.time(), time.time(), 0
     bar = tqdm(total=total, initial=step, desc=cfg["stage"], disable=not cfg["progress"], file=sys.stderr,
                dynamic_ncols=True, mininterval=1.0)
@@ -320,6 +322,7 @@ def train(cfg: dict, run: Run, model: Model, loaders: dict[str, Loader], dev_loa
                 raise KeyboardInterrupt
     finally:
         bar.close()
+        gc.unfreeze()
         for s, h in old_handlers.items():
             signal.signal(s, h)
     if step == state["step"] and state["best"] is None:  # resumed a finished run that never evaluated
