@@ -72,6 +72,11 @@ def triton_available() -> bool:
     return _TRITON
 
 
+@torch.compiler.assume_constant_result  # fixed for the process: torch.compile need not trace the loading
+def _has_cpu_kernel(op: str) -> bool:
+    return _extension.has(f"{op}_forward")
+
+
 def resolve(op: str, device: torch.device, kernels: tuple[str, ...]) -> str:
     """The implementation of `op` to run on `device`: "reference", "triton" or "cpu".
 
@@ -81,7 +86,7 @@ def resolve(op: str, device: torch.device, kernels: tuple[str, ...]) -> str:
     name = get_backend()
     if name == "reference":
         return "reference"
-    cpu_ok = lambda: "cpu" in kernels and _extension.has(f"{op}_forward")  # noqa: E731 - loads lazily
+    cpu_ok = lambda: "cpu" in kernels and _has_cpu_kernel(op)  # noqa: E731 - loads lazily
     if name == "auto":
         if device.type == "cuda" and "triton" in kernels and triton_available():
             return "triton"
