@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from fastbert import BertConfig, BertModel, BertTokenizer
+from fastbert import BertConfig, BertForMaskedLM, BertModel, BertTokenizer
 from fastbert.pretrained import default_path, to_fastbert
 from tests.conftest import max_rel_err, read_tsv_column
 
@@ -104,3 +104,52 @@ def test_left_padding_works_when_unpadded():
         b = model(left, attention_mask=torch.tensor([[0, 0, 1, 1, 1, 1]]),
                   position_ids=torch.tensor([[0, 0, 0, 1, 2, 3]])).last_hidden_state
     torch.testing.assert_close(a[0], b[0, 2:])
+
+
+def test_token_buckets():
+    from fastbert.ops.padding import token_bucket
+
+    sizes = [token_bucket(t) for t in range(1, 20000)]
+    assert all(s >= t and (s - t) <= t / 8 + 16 for t, s in zip(range(1, 20000), sizes))  # at most ~12.5% more
+    assert all(s % 16 == 0 for s in sizes) and token_bucket(0) == 0
+    assert len(set(token_bucket(t) for t in range(257, 513))) == 8  # 8 sizes per octave
+    assert len(set(sizes)) < 250  # few shapes for the matmuls over any token count up to 20000
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_bucketed_tokens_change_nothing(dropout):
+    """The dummy sequence that rounds the token count up leaves every real output and gradient as it was
+    (fp32: the same kernels on the same rows; dropout masks are per row, so the same too)."""
+    config = BertConfig(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=96, max_position_embeddings=64, hidden_dropout_prob=dropout,
+                        attention_probs_dropout_prob=dropout)
+    torch.manual_seed(0)
+    model = BertForMaskedLM(config).train()
+    ids = torch.randint(1, 97, (3, 23))
+    mask = (torch.arange(23)[None, :] < torch.tensor([[23], [5], [1]])).long()  # 29 tokens -> 32
+    labels = torch.where(torch.rand(3, 23) < 0.3, ids, torch.full_like(ids, -100)) * mask - 100 * (1 - mask)
+    results = []
+    for bucket in (False, True):
+        model.bert.bucket_tokens = bucket
+        torch.manual_seed(1)
+        out = model.bert(input_ids=ids, attention_mask=mask)
+        loss, logits = model(ids, labels=labels, attention_mask=mask)
+        total = loss + out.last_hidden_state.square().sum() + out.pooler_output.sum()
+        results.append((out.last_hidden_state, logits, torch.autograd.grad(total, list(model.parameters()))))
+    (h0, l0, g0), (h1, l1, g1) = results
+    torch.testing.assert_close(h1, h0, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(l1, l0, atol=1e-6, rtol=1e-6)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_bucketing_is_on_for_cpu_bf16_only():
+    config = BertConfig(vocab_size=97, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=96, max_position_embeddings=64)
+    model = BertModel(config)
+    cpu = torch.device("cpu")
+    assert not model._bucketed(cpu) and not model._bucketed(torch.device("cuda"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model._bucketed(cpu)
+    assert model.to(torch.bfloat16)._bucketed(cpu)
+    assert not BertModel(config, bucket_tokens=False).to(torch.bfloat16)._bucketed(cpu)
