@@ -119,8 +119,8 @@ def throughput_section(kinds, kind, title, device, plot, machine_peak=None) -> s
         speeds[shape] = tps
         ours = tps.get("fastbert")
         e0 = group[0]["extra_info"]
-        out += (f"**{shape}**: {e0['batches']} batches, {e0['sequences']} sequences, {e0['real_tokens']} real "
-                f"tokens per round (SST / Quora / STS, true lengths)\n\n")
+        out += (f"**{shape}**: {e0['batches']} batches, {e0['sequences']:.0f} sequences, {e0['real_tokens']:.0f} real "
+                f"tokens per round on average (new SST / Quora / STS batches every round, true lengths)\n\n")
         body = []
         for b in group:
             e = b["extra_info"]

@@ -1,8 +1,8 @@
 """Whole-model speed and memory: fastbert against Hugging Face's BertModel, same process, same batches.
 
 Training step = forward + backward + optimizer step on real SST / Quora / STS batches (their true length
-distribution), with the CS224N task heads on the pooled output. One benchmark round runs a fixed list of
-batches, so every variant does the same work per round; throughput counts real (non-padding) tokens.
+distribution), with the CS224N task heads on the pooled output. Every round runs new batches, as training
+does, and every variant gets the same rounds; throughput counts real (non-padding) tokens.
   fastbert          fastbert.BertModel(backend="auto") with bf16 weights, packed batches, fastbert's
                     FusedAdamW holding fp32 master weights and states (the driver's precision bf16)
   fastbert-bf16-autocast  the same with fp32 weights under bf16 autocast
@@ -73,11 +73,21 @@ def _warm_up(round_fn, step_fn, rounds, variant):
         raise
 
 
-def _record(benchmark, kind, shape, variant, runner, batches, flops, **extra):
+def _rounds(tasks, tokenizer, device, n, batches, batch, seed):
+    """n + 1 rounds of `batches` real batches each, new ones every round as training sees them (new token
+    counts; on CPU bf16 matmuls pay for every new shape), the same for every variant; round 0 warms up."""
+    return [[b.to(device) for b in real_batches(tasks, tokenizer, batches, batch, seed=seed + 100 * i)]
+            for i in range(n + 1)]
+
+
+def _record(benchmark, kind, shape, variant, runner, rounds, flops, **extra):
+    """Per-round means over the timed rounds; flops: a function of the sequence lengths of one round."""
+    mean = lambda f: sum(f(r) for r in rounds) / len(rounds)  # noqa: E731
+    flops = mean(lambda r: flops([n for b in r for n in b.packed.lengths.tolist()]))
     benchmark.extra_info.update(
-        kind=kind, shape=shape, variant=variant, real_tokens=sum(b.tokens for b in batches),
-        processed_tokens=sum(b.tokens if runner.packed else b.padded_tokens for b in batches),
-        sequences=sum(len(b.labels) for b in batches), batches=len(batches), model_flops=flops,
+        kind=kind, shape=shape, variant=variant, real_tokens=mean(lambda r: sum(b.tokens for b in r)),
+        processed_tokens=mean(lambda r: sum(b.tokens if runner.packed else b.padded_tokens for b in r)),
+        sequences=mean(lambda r: sum(len(b.labels) for b in r)), batches=len(rounds[0]), model_flops=flops,
         precision=runner.precision, autocast=str(runner.amp).removeprefix("torch.") if runner.amp else "off",
         optimizer=optimizer_name() if runner.optimizer_kind == "fastbert" else "torch.optim.AdamW(fused=True)",
         **extra)
@@ -93,40 +103,41 @@ CASES = [(s, v) for s in MODEL_SHAPES for v in VARIANTS if not v.startswith("ref
 @pytest.mark.parametrize("shape,variant", CASES, ids=[f"{s}-{v}" for s, v in CASES])
 def test_train_step(benchmark, shape, variant, device, tasks, tokenizer):
     sz = sizes(device, shape)
-    batches = [b.to(device) for b in real_batches(tasks, tokenizer, sz["batches"], sz["batch"], seed=1)]
+    rounds = _rounds(tasks, tokenizer, device, sz["rounds"], sz["batches"], sz["batch"], seed=1)
     runner = _runner(variant, shape, device)
 
-    def train_round():
+    def train_round(batches):
         for b in batches:
             loss = runner.train_step(b)
         sync(device)
         return loss
 
-    _warm_up(train_round, lambda: runner.train_step(batches[0]), sz["warmup"], variant)
+    _warm_up(lambda: train_round(rounds[0]), lambda: runner.train_step(rounds[0][0]), sz["warmup"], variant)
     benchmark.group = f"train step: {shape}"
-    loss = benchmark.pedantic(train_round, rounds=sz["rounds"])
+    timed = iter(rounds[1:])
+    loss = benchmark.pedantic(train_round, setup=lambda: ((next(timed),), {}), rounds=sz["rounds"])
     assert torch.isfinite(loss), f"{variant}: training loss is {loss}"
-    flops = train_flops(runner.config, [n for b in batches for n in b.packed.lengths.tolist()])
-    _record(benchmark, "train", shape, variant, runner, batches, flops, op_backends=op_backends(device))
+    _record(benchmark, "train", shape, variant, runner, rounds[1:], lambda ls: train_flops(runner.config, ls),
+            op_backends=op_backends(device))
 
 
 @pytest.mark.parametrize("shape,variant", CASES, ids=[f"{s}-{v}" for s, v in CASES])
 def test_inference(benchmark, shape, variant, device, tasks, tokenizer):
     sz = sizes(device, shape)
-    batches = [b.to(device) for b in real_batches(tasks, tokenizer, sz["batches"], sz["infer_batch"], seed=2)]
+    rounds = _rounds(tasks, tokenizer, device, sz["rounds"], sz["batches"], sz["infer_batch"], seed=2)
     runner = _runner(variant, shape, device)
 
-    def infer_round():
+    def infer_round(batches):
         out = [runner.infer(b) for b in batches]
         sync(device)
         return out
 
-    _warm_up(infer_round, lambda: runner.infer(batches[0]), sz["warmup"], variant)
+    _warm_up(lambda: infer_round(rounds[0]), lambda: runner.infer(rounds[0][0]), sz["warmup"], variant)
     benchmark.group = f"inference: {shape}"
-    out = benchmark.pedantic(infer_round, rounds=sz["rounds"])
+    timed = iter(rounds[1:])
+    out = benchmark.pedantic(infer_round, setup=lambda: ((next(timed),), {}), rounds=sz["rounds"])
     assert all(torch.isfinite(o).all() for o in out)
-    flops = forward_flops(runner.config, [n for b in batches for n in b.packed.lengths.tolist()])
-    _record(benchmark, "inference", shape, variant, runner, batches, flops)
+    _record(benchmark, "inference", shape, variant, runner, rounds[1:], lambda ls: forward_flops(runner.config, ls))
 
 
 def step_peak_bytes(fn, device: torch.device) -> int:
