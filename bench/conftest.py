@@ -13,13 +13,14 @@ benchmark sees their true length distribution; they are read by fastbert.data, a
 from __future__ import annotations
 
 import dataclasses
-import gc
 import datetime
+import gc
 import importlib
 import os
 import pkgutil
 import platform
 import random
+import time
 
 import pytest
 import torch
@@ -436,6 +437,24 @@ class Runner:
         tensors = [*self.model.parameters(), *self.heads.parameters()]
         tensors += [t for s in self.opt.state.values() for t in s.values() if torch.is_tensor(t)]
         return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def interleaved_train_rounds(runners: dict[str, "Runner"], rounds: list[list[TaskBatch]],
+                             device: torch.device) -> dict[str, list[float]]:
+    """Seconds per round per variant: round i (its batches) for every variant in turn, the order rotated each
+    round so that every variant runs in every position; on a shared machine the noise then falls on all alike
+    (running one variant's rounds after another's measured the same ratios 30-60% apart between runs)."""
+    times = {v: [] for v in runners}
+    order = list(runners)
+    for i, batches in enumerate(rounds):
+        for v in order[i % len(order):] + order[:i % len(order)]:
+            sync(device)
+            t = time.perf_counter()
+            for b in batches:
+                runners[v].train_step(b)
+            sync(device)
+            times[v].append(time.perf_counter() - t)
+    return times
 
 
 def train_flops(config: BertConfig, lengths: list[int]) -> float:

@@ -13,7 +13,8 @@ import time
 
 import torch
 
-from bench.conftest import DATA_DIR, Runner, load_tasks, model_weights, real_batches, train_flops
+from bench.conftest import (DATA_DIR, Runner, interleaved_train_rounds, load_tasks, model_weights, real_batches,
+                            train_flops)
 from fastbert import BertTokenizer
 
 
@@ -37,14 +38,7 @@ def main():
     for r in runners.values():  # warm-up: optimizer state, oneDNN primitives
         for b in batches:
             r.train_step(b)
-    times = {v: [] for v in runners}
-    order = list(runners)
-    for i in range(args.rounds):
-        for v in order[i % len(order):] + order[:i % len(order)]:  # each variant in each position in turn
-            r, t = runners[v], time.perf_counter()
-            for b in rounds[1 + i]:
-                r.train_step(b)
-            times[v].append(time.perf_counter() - t)
+    times = interleaved_train_rounds(runners, rounds[1:], torch.device("cpu"))
     a = torch.randn(2048, 768, dtype=torch.bfloat16)
     b = torch.randn(768, 3072, dtype=torch.bfloat16)
     peak = []

@@ -10,6 +10,8 @@ does, and every variant gets the same rounds; throughput counts real (non-paddin
   hf-fp32           transformers.BertModel, SDPA attention, padded batches, torch.optim.AdamW(fused=True)
   hf-bf16           the same under bf16 autocast
   hf-bf16-compile   the same under torch.compile(dynamic=True)
+The speed-up targets are judged by test_train_speedup, which interleaves fastbert, hf-fp32 and hf-bf16 round by
+round (test_train_step times one variant's rounds after another's, which puts the machine's drift into ratios).
 Memory: peak bytes of tensors allocated during one steady-state training step (after a warm-up step),
 on batches of exactly 64 / 128 / 512 tokens per sequence. CUDA: torch.cuda.max_memory_allocated.
 CPU: the PyTorch profiler's allocator events (profile_memory=True), summed in time order; this counts
@@ -19,13 +21,15 @@ Matmul rates (fp32, bf16) at the models' FFN shapes give the MFU denominator of 
 import functools
 import json
 import os
+import statistics
 import tempfile
 
 import pytest
 import torch
 
-from bench.conftest import (MODEL_SHAPES, QUICK, VARIANTS, Runner, device_name, forward_flops, long_batch, median_s,
-                            model_weights, op_backends, optimizer_name, quick_skip, real_batches, sync, train_flops)
+from bench.conftest import (MODEL_SHAPES, QUICK, VARIANTS, Runner, device_name, forward_flops, interleaved_train_rounds,
+                            long_batch, median_s, model_weights, op_backends, optimizer_name, quick_skip,
+                            real_batches, sync, train_flops)
 
 
 # torch.compile baselines: on CUDA by default, on CPU when asked (compiling takes minutes there)
@@ -119,6 +123,40 @@ def test_train_step(benchmark, shape, variant, device, tasks, tokenizer):
     assert torch.isfinite(loss), f"{variant}: training loss is {loss}"
     _record(benchmark, "train", shape, variant, runner, rounds[1:], lambda ls: train_flops(runner.config, ls),
             op_backends=op_backends(device))
+
+
+SPEEDUP_VARIANTS = ("fastbert", "hf-fp32", "hf-bf16")  # the training-step targets: fastbert over each HF baseline
+
+
+@pytest.mark.parametrize("shape", MODEL_SHAPES)
+def test_train_speedup(benchmark, shape, device, tasks, tokenizer):
+    """fastbert's training-step speed-up over Hugging Face with the variants interleaved round by round
+    (bench.conftest.interleaved_train_rounds), new batches every round: the measurement the targets are
+    judged by. The benchmark's own time is the whole interleaved run."""
+    quick_skip(shape)
+    sz = sizes(device, shape)
+    n = sz["rounds"] + (2 if not QUICK and device.type == "cpu" else 0)  # more, shorter-lived rounds than above
+    rounds = _rounds(tasks, tokenizer, device, n, sz["batches"], sz["batch"], seed=7)
+    runners = {v: Runner(v, shape, device, weights=_weights(shape)) for v in SPEEDUP_VARIANTS}
+    for r in runners.values():  # warm-up: optimizer state, allocator, matmul kernels
+        for b in rounds[0]:
+            r.train_step(b)
+    times = {}
+
+    def run():
+        times.update(interleaved_train_rounds(runners, rounds[1:], device))
+
+    benchmark.group = f"train speed-up (interleaved): {shape}"
+    benchmark.pedantic(run, rounds=1)
+    med = {v: statistics.median(ts) for v, ts in times.items()}
+    assert all(m > 0 for m in med.values())
+    lengths = [[n for b in r for n in b.packed.lengths.tolist()] for r in rounds[1:]]
+    benchmark.extra_info.update(
+        kind="speedup", shape=shape, rounds=n, batches=sz["batches"], sequences=sz["batches"] * sz["batch"],
+        real_tokens=statistics.median(sum(ls) for ls in lengths),
+        model_flops=statistics.median(train_flops(runners["fastbert"].config, ls) for ls in lengths),
+        median_s={v: m for v, m in med.items()},
+        speedup={v: med[v] / med["fastbert"] for v in med if v != "fastbert"})
 
 
 @pytest.mark.parametrize("shape,variant", CASES, ids=[f"{s}-{v}" for s, v in CASES])

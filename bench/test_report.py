@@ -24,3 +24,18 @@ def test_other_benchmarks_render_generically():
     doc = report.other_section([bench])
     assert "**bench/test_x.py** - x 1024" in doc
     assert "| a-b | 2 ms | 5% | 5 | 812 | triton |" in doc, doc
+
+
+def test_speedup_section_judges_targets_by_interleaved_ratios():
+    def row(shape, fp32, bf16):
+        return {"extra_info": {"kind": "speedup", "shape": shape, "rounds": 7, "batches": 3, "sequences": 96,
+                               "real_tokens": 2700.0, "median_s": {"fastbert": 0.6, "hf-fp32": 0.6 * fp32,
+                                                                   "hf-bf16": 0.6 * bf16},
+                               "speedup": {"hf-fp32": fp32, "hf-bf16": bf16}}}
+
+    doc = report.speedup_section({"speedup": [row("bert-base", 4.5, 2.8), row("minilm", 5.6, 2.9)]}, "cpu")
+    assert doc.index("| minilm |") < doc.index("| bert-base |")
+    assert "| minilm | fastbert | 200.0 | 4.50e+03 | 1.00x |" in doc, doc
+    assert "- minilm: fastbert / hf-fp32 = 5.60x (target >= 5x): met" in doc
+    assert "- minilm: fastbert / hf-bf16 = 2.90x (target >= 3x): NOT met" in doc
+    assert "- bert-base: fastbert / hf-fp32 = 4.50x (target >= 3x): met" in doc
