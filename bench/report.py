@@ -133,7 +133,7 @@ def throughput_section(kinds, kind, title, device, plot, machine_peak=None) -> s
                       "TFLOP/s", "MFU", "fastbert speed-up"], body) + "\n"
     if kind == "train" and kinds.get("speedup"):
         out += ("The variants above ran one after another, so the machine's drift between them lands in their "
-                "ratios; the speed-up targets are judged by the interleaved measurement below.\n\n")
+                "ratios; the speed-up targets are judged by the interleaved measurement above.\n\n")
     elif kind == "train" and device == "cpu":
         out += targets({shape: {base: tps[base] and tps.get("fastbert", 0) / tps[base] for base in tps}
                         for shape, tps in speeds.items()}, "real tokens/s, variants one after another")
