@@ -170,8 +170,7 @@ def _autograd_backward(ctx, grad_out, _grad_lse):
     return dq, dk, dv, None, None, None, None, None
 
 
-_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
-_forward_autograd = _autograd.function(_forward, _forward_kernel, _setup_context, _autograd_backward)
+_forward_autograd = _autograd.register(_forward, _forward_kernel, _setup_context, _autograd_backward)
 
 
 def _varlen_forward_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
@@ -223,6 +222,5 @@ def _varlen_autograd_backward(ctx, grad_out, _grad_lse):
     return dq, dk, dv, None, None, None, None, None, None
 
 
-_varlen_forward.register_autograd(_varlen_autograd_backward, setup_context=_varlen_setup_context)
-_varlen_forward_autograd = _autograd.function(_varlen_forward, _varlen_forward_kernel, _varlen_setup_context,
+_varlen_forward_autograd = _autograd.register(_varlen_forward, _varlen_forward_kernel, _varlen_setup_context,
                                               _varlen_autograd_backward)

@@ -83,5 +83,4 @@ def _autograd_backward(ctx, grad_out):
     return gx, gb.to(bias.dtype) if bias.numel() else None, None, None
 
 
-_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
-_forward_autograd = _autograd.function(_forward, _forward_kernel, _setup_context, _autograd_backward)
+_forward_autograd = _autograd.register(_forward, _forward_kernel, _setup_context, _autograd_backward)

@@ -146,5 +146,4 @@ def _autograd_backward(ctx, grad_out, _grad_mean, _grad_rstd):
             None, None)
 
 
-_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
-_forward_autograd = _autograd.function(_forward, _forward_kernel, _setup_context, _autograd_backward)
+_forward_autograd = _autograd.register(_forward, _forward_kernel, _setup_context, _autograd_backward)

@@ -128,5 +128,4 @@ def _autograd_backward(ctx, grad_out, _grad_h, _grad_mean, _grad_rstd):
             None if ib_dtype is None else gib.to(ib_dtype), None, None, None, None)
 
 
-_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
-_forward_autograd = _autograd.function(_forward, _forward_kernel, _setup_context, _autograd_backward)
+_forward_autograd = _autograd.register(_forward, _forward_kernel, _setup_context, _autograd_backward)
