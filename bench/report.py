@@ -82,7 +82,8 @@ def machine_section(data, path) -> str:
             ["CPU", f"{fb.get('cpu_model', m.get('processor', '?'))} ({', '.join(fb.get('cpu_flags', [])) or '-'}), "
                     f"{fb.get('torch_threads', '?')} torch threads"],
             ["software", f"Python {m.get('python_version')}, torch {fb.get('torch')}, CUDA {fb.get('cuda')}, "
-                         f"triton {fb.get('triton')}, transformers {fb.get('transformers')}, fastbert {fb.get('fastbert')}"],
+                         f"triton {fb.get('triton')}, transformers {fb.get('transformers')}, "
+                         f"fastbert {fb.get('fastbert')}"],
             ["fastbert ops (backend auto)", ", ".join(f"{k}: {v}" for k, v in fb.get("op_backends", {}).items())],
             ["fastbert optimizer", fb.get("optimizer", "?")],
             ["bf16 matmul rate (measured)", f"{fmt(fb.get('bf16_matmul_tflops'))} TFLOP/s"],
@@ -125,8 +126,9 @@ def throughput_section(kinds, kind, title, device, plot, machine_peak=None) -> s
         for b in group:
             e = b["extra_info"]
             tp = e.get("tokens_per_s")
-            body.append([e["variant"], e.get("precision", e["autocast"]), median(b), iqr_pct(b), (b.get("stats") or {}).get("rounds"),
-                         tp, f"{100 * (1 - e['real_tokens'] / e['processed_tokens']):.0f}%", e.get("tflops"),
+            body.append([e["variant"], e.get("precision", e["autocast"]), median(b), iqr_pct(b),
+                         (b.get("stats") or {}).get("rounds"), tp,
+                         f"{100 * (1 - e['real_tokens'] / e['processed_tokens']):.0f}%", e.get("tflops"),
                          f"{100 * e['tflops'] / peak:.1f}%" if peak and e.get("tflops") else "-",
                          f"{ours / tp:.2f}x" if ours and tp else "-"])
         out += table(["variant", "precision", "median s/round", "IQR", "rounds", "real tokens/s", "padding",
@@ -193,7 +195,8 @@ def memory_section(kinds, plot) -> str:
              e["peak_bytes"] / MiB,
              f"{e['peak_bytes'] / base[(e['shape'], e['seqlen'])]:.2f}x" if (e["shape"], e["seqlen"]) in base else "-"]
             for e in (b["extra_info"] for b in rows)]
-    out += table(["model", "tokens/seq", "variant", "step peak MiB", "state MiB", "total MiB", "total vs hf-fp32"], body)
+    out += table(["model", "tokens/seq", "variant", "step peak MiB", "state MiB", "total MiB", "total vs hf-fp32"],
+                 body)
     if plot:
         out += f"\n![memory]({os.path.relpath(plot(rows), ROOT)})\n"
     return out + "\n"
@@ -225,7 +228,8 @@ def parity_section(kinds, plot) -> str:
             e = b["extra_info"]
             for impl in ("fastbert", "reference", "hf", "fastbert_vs_reference"):
                 r = e["errors"][impl]
-                body.append([e["dtype"], impl.replace("_", " "), _err(r["hidden"]), _err(r["pooler"]), _err(r["grads"])])
+                body.append([e["dtype"], impl.replace("_", " "), _err(r["hidden"]), _err(r["pooler"]),
+                             _err(r["grads"])])
         out += table(["dtype", "implementation", "hidden states", "pooler", "gradients"], body) + "\n"
     rows = kinds.get("op_parity", [])
     if rows:
@@ -234,7 +238,8 @@ def parity_section(kinds, plot) -> str:
                 "backend's own error in the same dtype is the baseline (pass: at most 2x it, or under the "
                 "dtype's tolerance).\n\n")
         body = [[e["extra_info"]["op"], e["extra_info"]["dtype"], e["extra_info"]["backend"],
-                 _err(e["extra_info"]["errors"]["fastbert"]["out"]), _err(e["extra_info"]["errors"]["reference"]["out"]),
+                 _err(e["extra_info"]["errors"]["fastbert"]["out"]),
+                 _err(e["extra_info"]["errors"]["reference"]["out"]),
                  _err(e["extra_info"]["errors"]["fastbert"]["grads"]),
                  _err(e["extra_info"]["errors"]["reference"]["grads"])] for e in rows]
         out += table(["op", "dtype", "backend", "fastbert out", "reference out", "fastbert grads",
@@ -249,7 +254,8 @@ def parity_section(kinds, plot) -> str:
                 "rtol |reference|); *update diff*: relative difference of the total weight update.\n\n")
         body = [[e["dtype"], f"{e['variants']['fastbert']} vs {e['variants']['reference']}", e["max_abs_loss_diff"],
                  e["update_rel_diff"],
-                 f"atol {e['tolerance']['atol']:g}, rtol {e['tolerance']['rtol']:g}, update {e['tolerance']['update']:g}",
+                 f"atol {e['tolerance']['atol']:g}, rtol {e['tolerance']['rtol']:g}, "
+                 f"update {e['tolerance']['update']:g}",
                  e["first_quarter_loss"], e["last_quarter_loss"]]
                 for e in (b["extra_info"] for b in rows)]
         out += table(["dtype", "runs", "max abs loss diff", "update diff", "tolerance", "loss, first quarter",
@@ -273,8 +279,9 @@ def other_section(rows) -> str:
             keys += [k for k, v in b.get("extra_info", {}).items()
                      if isinstance(v, (int, float, str, bool)) and k not in keys]
         out += f"**{path}**{f' - {group}' if group else ''}\n\n"
-        body = [[b["name"].split("[", 1)[-1].rstrip("]") if "[" in b["name"] else b["name"], fmt_time(median(b)), iqr_pct(b),
-                 (b.get("stats") or {}).get("rounds"), *[b.get("extra_info", {}).get(k) for k in keys]] for b in bs]
+        body = [[b["name"].split("[", 1)[-1].rstrip("]") if "[" in b["name"] else b["name"], fmt_time(median(b)),
+                 iqr_pct(b), (b.get("stats") or {}).get("rounds"), *[b.get("extra_info", {}).get(k) for k in keys]]
+                for b in bs]
         out += table(["benchmark", "median", "IQR", "rounds", *keys], body) + "\n"
     return out
 
@@ -305,7 +312,8 @@ def plotters(device: str) -> dict:
             fig, axes = plt.subplots(1, len(speeds), figsize=(5 * len(speeds), 3.5), squeeze=False)
             for ax, (shape, tps) in zip(axes[0], speeds.items()):
                 names = [n for n, v in tps.items() if v]
-                ax.barh(names, [tps[n] for n in names], color=["C1" if n.startswith("fastbert") else "C0" for n in names])
+                ax.barh(names, [tps[n] for n in names],
+                        color=["C1" if n.startswith("fastbert") else "C0" for n in names])
                 ax.set_title(f"{kind}: {shape}")
                 ax.set_xlabel("real tokens / s")
                 ax.invert_yaxis()

@@ -66,7 +66,8 @@ def test_layer_norm_interpreter_smoke():
         pytest.skip("set TRITON_INTERPRET=1 to run the Triton kernels on CPU")
     inputs = _case(6, 40, torch.float32, "cpu")
     grad = torch.randn(6, 40)
-    for p, (fused, other) in [(0.0, (_fused, _eager)), (P, (_fused, lambda *t, p: _fused(*t, p=p, backend="reference")))]:
+    reference = lambda *t, p: _fused(*t, p=p, backend="reference")  # noqa: E731
+    for p, (fused, other) in [(0.0, (_fused, _eager)), (P, (_fused, reference))]:
         torch.manual_seed(0)
         out = fused(*inputs, p=p)
         torch.manual_seed(0)  # the same dropout seed for fastbert's reference
