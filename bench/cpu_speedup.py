@@ -13,8 +13,8 @@ import time
 
 import torch
 
-from bench.conftest import (DATA_DIR, Runner, interleaved_train_rounds, load_tasks, model_weights, real_batches,
-                            train_flops)
+from bench.conftest import (DATA_DIR, Runner, batch_rounds, interleaved_train_rounds, load_tasks, model_weights,
+                            round_medians)
 from fastbert import BertTokenizer
 
 
@@ -29,16 +29,12 @@ def main():
     ap.add_argument("--repeat", action="store_true", help="the same batches every round")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    tasks, tokenizer = load_tasks(DATA_DIR), BertTokenizer.from_pretrained()
-    rounds = [real_batches(tasks, tokenizer, args.batches, args.batch, seed=1 if args.repeat else 1 + i)
-              for i in range(args.rounds + 1)]  # round 0: warm-up
-    batches = rounds[0]
+    cpu = torch.device("cpu")
+    rounds = batch_rounds(load_tasks(DATA_DIR), BertTokenizer.from_pretrained(), args.rounds, args.batches,
+                          args.batch, seed=1, device=cpu, repeat=args.repeat)
     weights = model_weights(args.shape)
-    runners = {v: Runner(v, args.shape, torch.device("cpu"), weights=weights) for v in args.variants.split(",")}
-    for r in runners.values():  # warm-up: optimizer state, oneDNN primitives
-        for b in batches:
-            r.train_step(b)
-    times = interleaved_train_rounds(runners, rounds[1:], torch.device("cpu"))
+    runners = {v: Runner(v, args.shape, cpu, weights=weights) for v in args.variants.split(",")}
+    times = interleaved_train_rounds(runners, rounds, cpu)
     a = torch.randn(2048, 768, dtype=torch.bfloat16)
     b = torch.randn(768, 3072, dtype=torch.bfloat16)
     peak = []
@@ -47,11 +43,8 @@ def main():
         a @ b
         peak.append(2 * 2048 * 768 * 3072 / (time.perf_counter() - t) / 1e12)
     peak = max(peak)  # the attainable rate: the best of 20 (the machine is shared)
-    config = next(iter(runners.values())).config
-    lengths = [[n for b in rb for n in b.packed.lengths.tolist()] for rb in rounds[1:]]
-    flops = statistics.median(train_flops(config, ls) for ls in lengths)  # per round; rounds differ by a few %
+    tokens, flops = round_medians(next(iter(runners.values())).config, rounds[1:])
     med = {v: statistics.median(ts) for v, ts in times.items()}
-    tokens = statistics.median(sum(ls) for ls in lengths)
     print(f"{args.shape}, {args.batches} batches x {args.batch} sequences (median {tokens:.0f} real tokens), "
           f"{args.rounds} rounds of {'the same' if args.repeat else 'new'} batches, {args.threads} threads; "
           f"bf16 matmul rate {peak:.2f} TFLOP/s")

@@ -27,9 +27,9 @@ import tempfile
 import pytest
 import torch
 
-from bench.conftest import (MODEL_SHAPES, QUICK, VARIANTS, Runner, device_name, forward_flops, interleaved_train_rounds,
-                            long_batch, median_s, model_weights, op_backends, optimizer_name, quick_skip,
-                            real_batches, sync, train_flops)
+from bench.conftest import (MODEL_SHAPES, QUICK, VARIANTS, Runner, batch_rounds, device_name, forward_flops,
+                            interleaved_train_rounds, long_batch, median_s, model_weights, op_backends,
+                            optimizer_name, quick_skip, round_medians, sync, train_flops)
 
 
 # torch.compile baselines: on CUDA by default, on CPU when asked (compiling takes minutes there)
@@ -77,13 +77,6 @@ def _warm_up(round_fn, step_fn, rounds, variant):
         raise
 
 
-def _rounds(tasks, tokenizer, device, n, batches, batch, seed):
-    """n + 1 rounds of `batches` real batches each, new ones every round as training sees them (new token
-    counts; on CPU bf16 matmuls pay for every new shape), the same for every variant; round 0 warms up."""
-    return [[b.to(device) for b in real_batches(tasks, tokenizer, batches, batch, seed=seed + 100 * i)]
-            for i in range(n + 1)]
-
-
 def _record(benchmark, kind, shape, variant, runner, rounds, flops, **extra):
     """Per-round means over the timed rounds; flops: a function of the sequence lengths of one round."""
     mean = lambda f: sum(f(r) for r in rounds) / len(rounds)  # noqa: E731
@@ -107,7 +100,7 @@ CASES = [(s, v) for s in MODEL_SHAPES for v in VARIANTS if not v.startswith("ref
 @pytest.mark.parametrize("shape,variant", CASES, ids=[f"{s}-{v}" for s, v in CASES])
 def test_train_step(benchmark, shape, variant, device, tasks, tokenizer):
     sz = sizes(device, shape)
-    rounds = _rounds(tasks, tokenizer, device, sz["rounds"], sz["batches"], sz["batch"], seed=1)
+    rounds = batch_rounds(tasks, tokenizer, sz["rounds"], sz["batches"], sz["batch"], seed=1, device=device)
     runner = _runner(variant, shape, device)
 
     def train_round(batches):
@@ -132,37 +125,32 @@ SPEEDUP_VARIANTS = ("fastbert", "hf-fp32", "hf-bf16")  # the training-step targe
 def test_train_speedup(benchmark, shape, device, tasks, tokenizer):
     """fastbert's training-step speed-up over Hugging Face with the variants interleaved round by round
     (bench.conftest.interleaved_train_rounds), new batches every round: the measurement the targets are
-    judged by. The benchmark's own time is the whole interleaved run."""
+    judged by. The benchmark's own time is the whole interleaved run, warm-up round included."""
     quick_skip(shape)
     sz = sizes(device, shape)
     n = sz["rounds"] + (2 if not QUICK and device.type == "cpu" else 0)  # more, shorter-lived rounds than above
-    rounds = _rounds(tasks, tokenizer, device, n, sz["batches"], sz["batch"], seed=7)
+    rounds = batch_rounds(tasks, tokenizer, n, sz["batches"], sz["batch"], seed=7, device=device)
     runners = {v: Runner(v, shape, device, weights=_weights(shape)) for v in SPEEDUP_VARIANTS}
-    for r in runners.values():  # warm-up: optimizer state, allocator, matmul kernels
-        for b in rounds[0]:
-            r.train_step(b)
     times = {}
 
     def run():
-        times.update(interleaved_train_rounds(runners, rounds[1:], device))
+        times.update(interleaved_train_rounds(runners, rounds, device))
 
     benchmark.group = f"train speed-up (interleaved): {shape}"
     benchmark.pedantic(run, rounds=1)
     med = {v: statistics.median(ts) for v, ts in times.items()}
     assert all(m > 0 for m in med.values())
-    lengths = [[n for b in r for n in b.packed.lengths.tolist()] for r in rounds[1:]]
+    tokens, flops = round_medians(runners["fastbert"].config, rounds[1:])
     benchmark.extra_info.update(
         kind="speedup", shape=shape, rounds=n, batches=sz["batches"], sequences=sz["batches"] * sz["batch"],
-        real_tokens=statistics.median(sum(ls) for ls in lengths),
-        model_flops=statistics.median(train_flops(runners["fastbert"].config, ls) for ls in lengths),
-        median_s={v: m for v, m in med.items()},
+        real_tokens=tokens, model_flops=flops, median_s=med,
         speedup={v: med[v] / med["fastbert"] for v in med if v != "fastbert"})
 
 
 @pytest.mark.parametrize("shape,variant", CASES, ids=[f"{s}-{v}" for s, v in CASES])
 def test_inference(benchmark, shape, variant, device, tasks, tokenizer):
     sz = sizes(device, shape)
-    rounds = _rounds(tasks, tokenizer, device, sz["rounds"], sz["batches"], sz["infer_batch"], seed=2)
+    rounds = batch_rounds(tasks, tokenizer, sz["rounds"], sz["batches"], sz["infer_batch"], seed=2, device=device)
     runner = _runner(variant, shape, device)
 
     def infer_round(batches):
