@@ -13,8 +13,8 @@ import time
 
 import torch
 
-from bench.conftest import (DATA_DIR, Runner, batch_rounds, interleaved_train_rounds, load_tasks, model_weights,
-                            round_medians)
+from bench.rounds import batch_rounds, interleaved_train_rounds, round_medians
+from bench.workload import DATA_DIR, Runner, load_tasks, model_weights
 from fastbert import BertTokenizer
 
 

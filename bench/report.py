@@ -411,7 +411,7 @@ def main(argv=None) -> int:
     code = 0
     if args.run is not None:
         sys.path.insert(0, ROOT)
-        from bench.conftest import device_name
+        from bench.machine import device_name
 
         out = os.path.join(RESULTS, f"{device_name()}.json")
         code = subprocess.call([sys.executable, "-m", "pytest", "bench/", "--benchmark-only", f"--benchmark-json={out}",

@@ -27,9 +27,10 @@ import tempfile
 import pytest
 import torch
 
-from bench.conftest import (MODEL_SHAPES, QUICK, VARIANTS, Runner, batch_rounds, device_name, forward_flops,
-                            interleaved_train_rounds, long_batch, median_s, model_weights, op_backends,
-                            optimizer_name, quick_skip, round_medians, sync, train_flops)
+from bench.machine import device_name, median_s, op_backends, sync
+from bench.rounds import batch_rounds, interleaved_train_rounds, round_medians
+from bench.workload import (MODEL_SHAPES, QUICK, VARIANTS, Runner, forward_flops, long_batch, model_weights,
+                            optimizer_name, quick_skip, train_flops)
 
 
 # torch.compile baselines: on CUDA by default, on CPU when asked (compiling takes minutes there)
@@ -124,7 +125,7 @@ SPEEDUP_VARIANTS = ("fastbert", "hf-fp32", "hf-bf16")  # the training-step targe
 @pytest.mark.parametrize("shape", MODEL_SHAPES)
 def test_train_speedup(benchmark, shape, device, tasks, tokenizer):
     """fastbert's training-step speed-up over Hugging Face with the variants interleaved round by round
-    (bench.conftest.interleaved_train_rounds), new batches every round: the measurement the targets are
+    (bench.rounds.interleaved_train_rounds), new batches every round: the measurement the targets are
     judged by. The benchmark's own time is the whole interleaved run, warm-up round included."""
     quick_skip(shape)
     sz = sizes(device, shape)

@@ -1,0 +1,96 @@
+"""The machine a benchmark runs on: device, synchronisation, CPU model and flags, library versions, fastbert's op
+backends, the measured matmul rate (MFU's denominator), and a CUDA timing helper for the per-op benchmarks.
+
+  FASTBERT_BENCH_DEVICE=cpu|cuda                   the device (default: cuda when there is one)
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+import platform
+import statistics
+import time
+
+import torch
+
+
+def device_name() -> str:
+    name = os.environ.get("FASTBERT_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"FASTBERT_BENCH_DEVICE must be cpu or cuda, got {name!r}")
+    return name
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_s(benchmark) -> float | None:
+    """The median round time of a finished benchmark (None when benchmarks are disabled)."""
+    return benchmark.stats.stats.median if benchmark.stats else None
+
+
+def matmul_tflops(dev: torch.device, dtype: torch.dtype, quick: bool) -> float:
+    """The machine's measured matmul rate in `dtype` (median of 5, bert-base's FFN shape), MFU's denominator."""
+    m, k, n = (256, 64, 256) if quick else (16384 if dev.type == "cuda" else 2048, 768, 3072)
+    a, b = torch.randn(m, k, device=dev, dtype=dtype), torch.randn(k, n, device=dev, dtype=dtype)
+    times = []
+    for _ in range(6):
+        t = time.perf_counter()
+        a @ b
+        sync(dev)
+        times.append(time.perf_counter() - t)
+    return 2 * m * k * n / statistics.median(times[1:]) / 1e12
+
+
+def version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return None
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next((ln for ln in f if ln.startswith("flags")), "")
+        return set(line.split(":", 1)[-1].split())
+    except OSError:
+        return set()
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def op_backends(dev: torch.device) -> dict[str, str]:
+    """What backend "auto" runs for each fused op (each fastbert.ops module with KERNELS) on this device."""
+    import fastbert.ops
+    from fastbert import backend
+
+    out = {}
+    with backend.use_backend("auto"):
+        for m in pkgutil.iter_modules(fastbert.ops.__path__):
+            kernels = getattr(importlib.import_module(f"fastbert.ops.{m.name}"), "KERNELS", None)
+            if kernels is not None:
+                op = {"embedding": "embedding_layer_norm"}.get(m.name, m.name)  # the op's name where it differs
+                out[op] = backend.resolve(op, dev, kernels)
+    return out
+
+
+def cuda_step(mode: str, fn, inputs):
+    """The per-op benchmarks' callable to time on CUDA: forward, backward of a fixed graph, or both; each
+    ends synchronised."""
+    grad = torch.randn(inputs[0].shape, device=inputs[0].device, dtype=inputs[0].dtype)
+    if mode == "backward":
+        out = fn(*inputs)
+        return lambda: (torch.autograd.grad(out, inputs, grad, retain_graph=True), torch.cuda.synchronize())
+    if mode == "forward":
+        return lambda: (fn(*inputs), torch.cuda.synchronize())
+    return lambda: (torch.autograd.grad(fn(*inputs), inputs, grad), torch.cuda.synchronize())
