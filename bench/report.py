@@ -90,14 +90,18 @@ def machine_section(data, path) -> str:
             ["run", f"{data.get('datetime', '?')[:19]}, commit {c.get('id', '?')[:10]}"
                     f"{' (dirty)' if c.get('dirty') else ''}, quick mode: {fb.get('quick')}"],
             ["results file", os.path.relpath(path, ROOT)]]
-    out = table(["", ""], rows)
+    return table(["", ""], rows) + skipped_section(fb.get("skipped", []))
+
+
+def skipped_section(skipped: list[str]) -> str:
+    """One line per reason: how many benchmarks it skipped, in which files ("<test id>: <reason>" entries)."""
     reasons = defaultdict(list)
-    for s in fb.get("skipped", []):
+    for s in skipped:
         test, reason = s.split(": ", 1)
-        reasons[reason].append(test.split("::")[-1])
-    if reasons:
-        out += "\nSkipped here:\n" + "".join(f"- {r}: `{'`, `'.join(t)}`\n" for r, t in reasons.items())
-    return out
+        reasons[reason].append(test.split("::")[0])
+    lines = [f"- {len(files)} in {', '.join(f'`{f}`' for f in dict.fromkeys(files))}: {r}\n"
+             for r, files in reasons.items()]
+    return "\nSkipped here:\n" + "".join(lines) if lines else ""
 
 
 def _bf16_rate(kinds) -> float | None:

@@ -39,3 +39,12 @@ def test_speedup_section_judges_targets_by_interleaved_ratios():
     assert "- minilm: fastbert / hf-fp32 = 5.60x (target >= 5x): met" in doc
     assert "- minilm: fastbert / hf-bf16 = 2.90x (target >= 3x): NOT met" in doc
     assert "- bert-base: fastbert / hf-fp32 = 4.50x (target >= 3x): met" in doc
+
+
+def test_skipped_benchmarks_render_one_line_per_reason_with_a_count():
+    skipped = [f"bench/test_x.py::test_a[{i}]: needs a CUDA GPU" for i in range(3)]
+    skipped += ["bench/test_y.py::test_b: needs a CUDA GPU", "bench/test_y.py::test_c: not in quick mode"]
+    doc = report.skipped_section(skipped)
+    assert doc.splitlines()[2:] == ["- 4 in `bench/test_x.py`, `bench/test_y.py`: needs a CUDA GPU",
+                                    "- 1 in `bench/test_y.py`: not in quick mode"], doc
+    assert report.skipped_section([]) == ""
