@@ -5,7 +5,7 @@ Every round draws new batches, as training does (new token counts: a bf16 matmul
 build a kernel for each new shape); --repeat runs the same batches every round instead.
 
   python -m bench.cpu_speedup [--shape minilm|bert-base] [--batch 32] [--batches 3] [--rounds 7] [--threads 1]
-      [--variants fastbert,hf-fp32,hf-bf16] [--repeat]
+      [--variants fastbert,hf-fp32,hf-bf16,hf-bf16-pad8] [--repeat]
 """
 import argparse
 import statistics
@@ -14,7 +14,8 @@ import time
 import torch
 
 from bench.rounds import batch_rounds, interleaved_train_rounds, round_medians
-from bench.workload import DATA_DIR, Runner, load_tasks, model_weights
+from bench.machine import git_state
+from bench.workload import DATA_DIR, ROOT, Runner, load_tasks, model_weights
 from fastbert import BertTokenizer
 
 
@@ -25,9 +26,11 @@ def main():
     ap.add_argument("--batches", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--variants", default="fastbert,fastbert-bf16-autocast,fastbert-fp32,hf-fp32,hf-bf16")
+    ap.add_argument("--variants", default="fastbert,fastbert-bf16-autocast,fastbert-fp32,hf-fp32,hf-bf16,hf-bf16-pad8")
     ap.add_argument("--repeat", action="store_true", help="the same batches every round")
     args = ap.parse_args()
+    git = git_state(ROOT)
+    print(f"commit {git['commit'][:10]}" + (" + UNCOMMITTED CHANGES: not a result of any commit" if git["dirty"] else ""))
     torch.set_num_threads(args.threads)
     cpu = torch.device("cpu")
     rounds = batch_rounds(load_tasks(DATA_DIR), BertTokenizer.from_pretrained(), args.rounds, args.batches,

@@ -10,6 +10,7 @@ import os
 import pkgutil
 import platform
 import statistics
+import subprocess
 import time
 
 import torch
@@ -94,3 +95,17 @@ def cuda_step(mode: str, fn, inputs):
     if mode == "forward":
         return lambda: (fn(*inputs), torch.cuda.synchronize())
     return lambda: (torch.autograd.grad(fn(*inputs), inputs, grad), torch.cuda.synchronize())
+
+
+def git_state(root: str) -> dict:
+    """{"commit": HEAD's id, "dirty": whether tracked files differ from it} of the checkout at `root`, as
+    pytest-benchmark's commit_info (untracked files do not count); commit "unknown" outside a git checkout."""
+    try:
+        return {"commit": _git(root, "rev-parse", "HEAD"),
+                "dirty": bool(_git(root, "status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": "unknown", "dirty": True}
+
+
+def _git(root: str, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()

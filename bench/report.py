@@ -1,6 +1,7 @@
 """Render pytest-benchmark JSON into BENCHMARKS.md (tables) and bench/results/*.png (plots).
 
   python bench/report.py --run [pytest args]   run the full suite here into bench/results/<device>.json, render
+                                               (refuses a tree with uncommitted changes unless --allow-dirty)
   python bench/report.py                       render every bench/results/*.json (one section per device)
   python bench/report.py a.json b.json         render these files
 
@@ -78,6 +79,9 @@ def iqr_pct(b) -> str:
 def machine_section(data, path) -> str:
     m, fb = data["machine_info"], data["machine_info"].get("fastbert", {})
     c = data.get("commit_info", {})
+    warning = (f"> **NOT A CLEAN RESULT: measured on a dirty tree** (uncommitted changes on top of commit "
+               f"{c.get('id', '?')[:10]}): no commit reproduces these numbers. Re-run `python bench/report.py --run` "
+               f"from a clean tree.\n\n" if c.get("dirty") else "")
     rows = [["device", f"{fb.get('device', '?')}: {fb.get('device_name', '?')}"],
             ["CPU", f"{fb.get('cpu_model', m.get('processor', '?'))} ({', '.join(fb.get('cpu_flags', [])) or '-'}), "
                     f"{fb.get('torch_threads', '?')} torch threads"],
@@ -90,7 +94,7 @@ def machine_section(data, path) -> str:
             ["run", f"{data.get('datetime', '?')[:19]}, commit {c.get('id', '?')[:10]}"
                     f"{' (dirty)' if c.get('dirty') else ''}, quick mode: {fb.get('quick')}"],
             ["results file", os.path.relpath(path, ROOT)]]
-    return table(["", ""], rows) + skipped_section(fb.get("skipped", []))
+    return warning + table(["", ""], rows) + skipped_section(fb.get("skipped", []))
 
 
 def skipped_section(skipped: list[str]) -> str:
@@ -409,13 +413,20 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("json", nargs="*", help="pytest-benchmark JSON files (default: bench/results/*.json)")
     ap.add_argument("--out", default=OUT_MD, help="markdown file to write (default: BENCHMARKS.md)")
+    ap.add_argument("--allow-dirty", action="store_true",
+                    help="let --run measure a tree with uncommitted changes (the report then says so loudly)")
     ap.add_argument("--run", nargs=argparse.REMAINDER, metavar="PYTEST_ARGS",
                     help="run the full suite first, into bench/results/<device>.json (the rest goes to pytest)")
     args = ap.parse_args(argv)
     code = 0
     if args.run is not None:
         sys.path.insert(0, ROOT)
-        from bench.machine import device_name
+        from bench.machine import device_name, git_state
+
+        git = git_state(ROOT)
+        if git["dirty"] and not args.allow_dirty:
+            ap.error(f"the tree has uncommitted changes on top of {git['commit'][:10]}: commit them first "
+                     f"(results come from a named commit), or pass --allow-dirty")
 
         out = os.path.join(RESULTS, f"{device_name()}.json")
         code = subprocess.call([sys.executable, "-m", "pytest", "bench/", "--benchmark-only", f"--benchmark-json={out}",

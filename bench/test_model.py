@@ -9,9 +9,11 @@ does, and every variant gets the same rounds; throughput counts real (non-paddin
   fastbert-fp32     the same in fp32
   hf-fp32           transformers.BertModel, SDPA attention, padded batches, torch.optim.AdamW(fused=True)
   hf-bf16           the same under bf16 autocast
+  hf-bf16-pad8      the same with every batch padded to a multiple of 8 tokens per sequence (fewer distinct
+                    shapes: on CPU oneDNN builds a bf16 matmul kernel for each new one, as fastbert's buckets avoid)
   hf-bf16-compile   the same under torch.compile(dynamic=True)
-The speed-up targets are judged by test_train_speedup, which interleaves fastbert, hf-fp32 and hf-bf16 round by
-round (test_train_step times one variant's rounds after another's, which puts the machine's drift into ratios).
+The speed-up targets are judged by test_train_speedup, which interleaves SPEEDUP_VARIANTS round by round
+(test_train_step times one variant's rounds after another's, which puts the machine's drift into ratios).
 Memory: peak bytes of tensors allocated during one steady-state training step (after a warm-up step),
 on batches of exactly 64 / 128 / 512 tokens per sequence. CUDA: torch.cuda.max_memory_allocated.
 CPU: the PyTorch profiler's allocator events (profile_memory=True), summed in time order; this counts
@@ -84,7 +86,7 @@ def _record(benchmark, kind, shape, variant, runner, rounds, flops, **extra):
     flops = mean(lambda r: flops([n for b in r for n in b.packed.lengths.tolist()]))
     benchmark.extra_info.update(
         kind=kind, shape=shape, variant=variant, real_tokens=mean(lambda r: sum(b.tokens for b in r)),
-        processed_tokens=mean(lambda r: sum(b.tokens if runner.packed else b.padded_tokens for b in r)),
+        processed_tokens=mean(lambda r: sum(b.processed_tokens(runner.layout) for b in r)),
         sequences=mean(lambda r: sum(len(b.labels) for b in r)), batches=len(rounds[0]), model_flops=flops,
         precision=runner.precision, autocast=str(runner.amp).removeprefix("torch.") if runner.amp else "off",
         optimizer=optimizer_name() if runner.optimizer_kind == "fastbert" else "torch.optim.AdamW(fused=True)",
@@ -119,7 +121,8 @@ def test_train_step(benchmark, shape, variant, device, tasks, tokenizer):
             op_backends=op_backends(device))
 
 
-SPEEDUP_VARIANTS = ("fastbert", "hf-fp32", "hf-bf16")  # the training-step targets: fastbert over each HF baseline
+# the training-step comparison: fastbert (bf16 weights) over each other variant, its fp32-weights autocast path too
+SPEEDUP_VARIANTS = ("fastbert", "fastbert-bf16-autocast", "hf-fp32", "hf-bf16", "hf-bf16-pad8")
 
 
 @pytest.mark.parametrize("shape", MODEL_SHAPES)

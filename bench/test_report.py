@@ -48,3 +48,12 @@ def test_skipped_benchmarks_render_one_line_per_reason_with_a_count():
     assert doc.splitlines()[2:] == ["- 4 in `bench/test_x.py`, `bench/test_y.py`: needs a CUDA GPU",
                                     "- 1 in `bench/test_y.py`: not in quick mode"], doc
     assert report.skipped_section([]) == ""
+
+
+def test_results_from_a_dirty_tree_are_marked_loudly(tmp_path):
+    data = {"machine_info": {"fastbert": {"device": "cpu"}}, "datetime": "2026-12-01T00:00:00",
+            "commit_info": {"id": "0123456789abcdef", "dirty": True}}
+    path = str(tmp_path / "cpu.json")
+    assert "NOT A CLEAN RESULT" in report.machine_section(data, path)
+    data["commit_info"]["dirty"] = False
+    assert "NOT A CLEAN RESULT" not in report.machine_section(data, path)

@@ -13,6 +13,7 @@ import dataclasses
 import gc
 import os
 import random
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -24,6 +25,7 @@ from bench.machine import device_name
 from fastbert import BertConfig, BertModel
 from fastbert.data.readers import read_table
 from fastbert.pretrained import to_hf
+from fastbert.tokenizer import Batch
 from fastbert.tasks import read_split, task_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,24 +53,48 @@ def load_tasks(data_dir: str) -> dict[str, list[tuple]]:
     return out
 
 
+PAD_MULTIPLE = 8  # the hf-*-pad8 baselines' padded length: a multiple of this (fewer distinct matmul shapes)
+
+
+def pad_to_multiple(batch: Batch, multiple: int, pad_id: int) -> Batch:
+    """A padded batch ([B, S] tensors) widened with pad tokens (attention mask 0) to S rounded up to `multiple`."""
+    extra = -batch.input_ids.shape[1] % multiple
+    return dataclasses.replace(batch, input_ids=F.pad(batch.input_ids, (0, extra), value=pad_id),
+                               token_type_ids=F.pad(batch.token_type_ids, (0, extra)),
+                               attention_mask=F.pad(batch.attention_mask, (0, extra)))
+
+
 @dataclasses.dataclass
 class TaskBatch:
-    """One real batch in both layouts: padded (what Hugging Face takes) and packed (what fastbert takes)."""
+    """One real batch in three layouts: packed (what fastbert takes), padded to its longest sequence and padded to
+    a multiple of PAD_MULTIPLE (what Hugging Face takes); the layouts are built before any timing."""
     task: str
-    padded: object  # fastbert.tokenizer.Batch
-    packed: object
+    packed: Batch
+    padded: Batch
+    padded8: Batch
     labels: torch.Tensor
+
+    @classmethod
+    def collate(cls, task: str, tokenizer, encoded, labels: torch.Tensor) -> "TaskBatch":
+        padded = tokenizer.collate(encoded)
+        return cls(task, tokenizer.collate(encoded, packed=True), padded,
+                   pad_to_multiple(padded, PAD_MULTIPLE, tokenizer.pad_id), labels)
 
     @property
     def tokens(self) -> int:
         return int(self.packed.lengths.sum())
 
-    @property
-    def padded_tokens(self) -> int:
-        return self.padded.input_ids.numel()
+    def layout(self, name: str) -> Batch:
+        """The batch in layout `name`: "packed", "padded" or "padded8"."""
+        return getattr(self, name)
+
+    def processed_tokens(self, layout: str) -> int:
+        """Tokens a model runs in this layout, padding included."""
+        return self.tokens if layout == "packed" else self.layout(layout).input_ids.numel()
 
     def to(self, device) -> "TaskBatch":
-        return TaskBatch(self.task, self.padded.to(device), self.packed.to(device), self.labels.to(device))
+        return TaskBatch(self.task, self.packed.to(device), self.padded.to(device), self.padded8.to(device),
+                         self.labels.to(device))
 
 
 def real_batches(tasks, tokenizer, n: int, batch_size: int, seed: int = 0) -> list[TaskBatch]:
@@ -83,7 +109,7 @@ def real_batches(tasks, tokenizer, n: int, batch_size: int, seed: int = 0) -> li
         texts, pairs = [r[0] for r in rows], [r[1] for r in rows]
         enc = tokenizer.encode(texts, None if pairs[0] is None else pairs)
         labels = torch.tensor([r[2] for r in rows], dtype=torch.long if task == "sst" else torch.float32)
-        out.append(TaskBatch(task, tokenizer.collate(enc), tokenizer.collate(enc, packed=True), labels))
+        out.append(TaskBatch.collate(task, tokenizer, enc, labels))
     return out
 
 
@@ -99,7 +125,7 @@ def long_batch(data_dir, tokenizer, batch_size: int, seqlen: int) -> TaskBatch:
     seqs = [[tokenizer.cls_id, *stream[i * body:(i + 1) * body], tokenizer.sep_id] for i in range(batch_size)]
     enc = [(s, [0] * len(s)) for s in seqs]
     labels = torch.tensor([int(r[1]) for r in rows[:batch_size]], dtype=torch.long)
-    return TaskBatch("sst", tokenizer.collate(enc), tokenizer.collate(enc, packed=True), labels)
+    return TaskBatch.collate("sst", tokenizer, enc, labels)
 
 
 # -- the models and the training workload --------------------------------------------------------------
@@ -171,20 +197,28 @@ class TaskHeads(nn.Module):
         return F.mse_loss(out.squeeze(-1), labels)
 
 
-# name -> (implementation, precision). Precisions as the training driver's (fastbert/train/config.py):
-#   bf16           bf16 weights, fp32 master weights and Adam states in fastbert's FusedAdamW, no autocast
-#   bf16-autocast  fp32 weights under torch.autocast(bf16)
-#   fp32
+class Variant(NamedTuple):
+    """What a benchmark variant runs. precision as the training driver's (fastbert/train/config.py):
+      bf16           bf16 weights, fp32 master weights and Adam states in fastbert's FusedAdamW, no autocast
+      bf16-autocast  fp32 weights under torch.autocast(bf16)
+      fp32
+    layout: the TaskBatch layout it trains on (fastbert: packed; Hugging Face: padded, or padded8)."""
+    impl: str  # fastbert | reference | hf | hf-compile
+    precision: str
+    layout: str
+
+
 # fastbert, the default fast path, trains bf16 weights on packed batches.
 VARIANTS = {
-    "fastbert": ("fastbert", "bf16"),
-    "fastbert-bf16-autocast": ("fastbert", "bf16-autocast"),
-    "fastbert-fp32": ("fastbert", "fp32"),
-    "reference-fp32": ("reference", "fp32"),
-    "reference-bf16": ("reference", "bf16-autocast"),
-    "hf-fp32": ("hf", "fp32"),
-    "hf-bf16": ("hf", "bf16-autocast"),
-    "hf-bf16-compile": ("hf-compile", "bf16-autocast"),
+    "fastbert": Variant("fastbert", "bf16", "packed"),
+    "fastbert-bf16-autocast": Variant("fastbert", "bf16-autocast", "packed"),
+    "fastbert-fp32": Variant("fastbert", "fp32", "packed"),
+    "reference-fp32": Variant("reference", "fp32", "packed"),
+    "reference-bf16": Variant("reference", "bf16-autocast", "packed"),
+    "hf-fp32": Variant("hf", "fp32", "padded"),
+    "hf-bf16": Variant("hf", "bf16-autocast", "padded"),
+    "hf-bf16-pad8": Variant("hf", "bf16-autocast", "padded8"),
+    "hf-bf16-compile": Variant("hf-compile", "bf16-autocast", "padded"),
 }
 
 
@@ -192,7 +226,7 @@ class Runner:
     """One model variant with its task heads and optimizer: train steps and inference on TaskBatches."""
 
     def __init__(self, variant: str, shape: str, device: torch.device, weights=None):
-        impl, self.precision = VARIANTS[variant]
+        impl, self.precision, self.layout = VARIANTS[variant]
         self.amp = torch.bfloat16 if self.precision == "bf16-autocast" else None
         self.variant, self.device = variant, device
         config = model_config(shape)
@@ -200,10 +234,8 @@ class Runner:
         if impl in ("fastbert", "reference"):
             self.model = BertModel(config, backend="auto" if impl == "fastbert" else "reference")
             self.model.load_state_dict(weights)
-            self.packed = True
         else:
             self.model = hf_model(config, weights)
-            self.packed = False
         self.model.to(device)
         self.forward = torch.compile(self.model, dynamic=True) if impl == "hf-compile" else self.model
         torch.manual_seed(1)
@@ -223,11 +255,7 @@ class Runner:
         return torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None)
 
     def pooled(self, b: TaskBatch) -> torch.Tensor:
-        if self.packed:
-            return self.forward(**b.packed.model_inputs()).pooler_output
-        p = b.padded
-        return self.forward(input_ids=p.input_ids, attention_mask=p.attention_mask,
-                            token_type_ids=p.token_type_ids).pooler_output
+        return self.forward(**b.layout(self.layout).model_inputs()).pooler_output
 
     def train_step(self, b: TaskBatch) -> torch.Tensor:
         self.model.train()
