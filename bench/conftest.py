@@ -17,11 +17,11 @@ import os
 import pytest
 import torch
 
-import fastbert
 from bench import workload
-from bench.machine import cpu_flags, cpu_model, device_name, matmul_tflops, op_backends, version
 from bench.machine import cuda_step  # noqa: F401 - bench/test_layer_norm.py and test_bias_gelu.py import it from here
-from bench.workload import DATA_DIR, ROOT, load_tasks, optimizer_name
+from bench.machine import device_name
+from bench.machine import machine_info as bench_machine_info
+from bench.workload import DATA_DIR, ROOT, load_tasks
 from fastbert import BertTokenizer
 
 RESULTS = os.path.join(ROOT, "bench", "results")
@@ -73,25 +73,9 @@ def pytest_terminal_summary(terminalreporter, config):
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    dev = torch.device(device_name())
-    info = {
-        "device": str(dev),
-        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model(),
-        "cpu_model": cpu_model(),
-        "cpu_flags": [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in cpu_flags()],
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "triton": version("triton"),
-        "transformers": version("transformers"),
-        "fastbert": fastbert.__version__,
-        "op_backends": op_backends(dev),
-        "optimizer": optimizer_name(),
-        "bf16_matmul_tflops": matmul_tflops(dev, torch.bfloat16, workload.QUICK),
-        "quick": workload.QUICK,
-        "skipped": list(_skipped),
-    }
-    machine_info["fastbert"] = info
+    """fastbert's machine info (bench/machine.py) and the benchmarks skipped here, in the JSON."""
+    machine_info["fastbert"] = {**bench_machine_info(torch.device(device_name()), workload.QUICK),
+                                "skipped": list(_skipped)}
 
 
 # -- fixtures ------------------------------------------------------------------------------------------

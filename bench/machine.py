@@ -87,6 +87,33 @@ def op_backends(dev: torch.device) -> dict[str, str]:
     return out
 
 
+def optimizer_name() -> str:
+    """fastbert's optimizer and the implementation it runs on the benchmark device."""
+    from fastbert.optim.adam import _implementation
+    return f"fastbert.optim.FusedAdamW ({_implementation(torch.device(device_name()))})"
+
+
+def machine_info(dev: torch.device, quick: bool) -> dict:
+    """The benchmark JSON's machine_info["fastbert"]: device, CPU, library versions, op backends, optimizer, the
+    bf16 matmul rate and quick mode."""
+    return {
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model(),
+        "cpu_model": cpu_model(),
+        "cpu_flags": [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in cpu_flags()],
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "triton": version("triton"),
+        "transformers": version("transformers"),
+        "fastbert": version("fastbert"),
+        "op_backends": op_backends(dev),
+        "optimizer": optimizer_name(),
+        "bf16_matmul_tflops": matmul_tflops(dev, torch.bfloat16, quick),
+        "quick": quick,
+    }
+
+
 def cuda_step(mode: str, fn, inputs):
     """The per-op benchmarks' callable to time on CUDA: forward, backward of a fixed graph, or both; each
     ends synchronised."""

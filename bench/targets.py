@@ -102,6 +102,11 @@ def round_values(target: Target, record: dict) -> list[float] | None:
     return [fl / t / 1e12 / peak for fl, t in zip(flops, ours)] if peak and all(flops) else None
 
 
+def missed(record: dict) -> list[str]:
+    """The targets a record misses by more than the measured spread, one line each: what fails the benchmark."""
+    return [v.line() for v in verdicts(record) if v.failed]
+
+
 def verdicts(record: dict, threads: int | None = None) -> list[Verdict]:
     """Every CPU target of the record's shape judged on it. threads: the run's torch threads where the record
     does not say."""

@@ -28,11 +28,11 @@ import tempfile
 import pytest
 import torch
 
-from bench.machine import device_name, matmul_tflops, median_s, op_backends, sync
+from bench.machine import device_name, matmul_tflops, median_s, op_backends, optimizer_name, sync
 from bench.rounds import SPEEDUP_VARIANTS, batch_rounds, interleaved_train_rounds, speedup_record
-from bench.targets import verdicts
+from bench.targets import missed
 from bench.workload import (MODEL_SHAPES, QUICK, VARIANTS, Runner, forward_flops, long_batch, model_weights,
-                            optimizer_name, quick_skip, train_flops)
+                            quick_skip, train_flops)
 
 
 # torch.compile baselines: on CUDA by default, on CPU when asked (compiling takes minutes there)
@@ -149,8 +149,8 @@ def test_train_speedup(benchmark, shape, device, tasks, tokenizer):
                             matmul_tflops(device, torch.bfloat16, QUICK))
     benchmark.extra_info.update(record)
     if device.type == "cpu" and not QUICK:
-        missed = [v.line() for v in verdicts(record) if v.failed]
-        assert not missed, "CPU targets missed by more than the measured spread:\n" + "\n".join(missed)
+        failed = missed(record)
+        assert not failed, "CPU targets missed by more than the measured spread:\n" + "\n".join(failed)
 
 
 @pytest.mark.parametrize("shape,variant", CASES, ids=[f"{s}-{v}" for s, v in CASES])

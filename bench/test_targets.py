@@ -3,7 +3,7 @@ import pytest
 
 from bench import targets
 from bench.rounds import SPEEDUP_VARIANTS, speedup_record
-from bench.targets import CPU_TARGETS, Target, judge, spread, verdicts
+from bench.targets import CPU_TARGETS, Target, judge, missed, spread, verdicts
 from bench.workload import model_config, real_batches
 
 SPEED = Target("minilm", "speedup", 5.0, "hf-bf16")
@@ -49,6 +49,7 @@ def test_record_per_round_ratios_decide_which_targets_fail(tasks, tokenizer):
     flops = record["round_flops"]
     assert mfu.median == pytest.approx(sorted(f / t / 1e12 for f, t in zip(flops, ours))[2])
     assert mfu.failed  # a one-layer quick-mode model does nowhere near 50% of 1 TFLOP/s in 1 s
+    assert missed(record) == [by_baseline["hf-bf16"].line(), mfu.line()]  # what fails test_train_speedup
 
 
 def test_targets_are_not_judged_on_other_batch_sizes_threads_or_missing_baselines(tasks, tokenizer):

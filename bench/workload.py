@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastbert
-from bench.machine import device_name
 from fastbert import BertConfig, BertModel
 from fastbert.data.readers import read_table
 from fastbert.pretrained import to_hf
@@ -164,11 +163,6 @@ def hf_model(config: BertConfig, weights: dict[str, torch.Tensor]):
     missing, unexpected = model.load_state_dict(to_hf(weights), strict=False)
     assert not unexpected and all("position_ids" in k or "token_type_ids" in k for k in missing), (missing, unexpected)
     return model
-
-
-def optimizer_name() -> str:
-    from fastbert.optim.adam import _implementation
-    return f"fastbert.optim.FusedAdamW ({_implementation(torch.device(device_name()))})"
 
 
 def make_optimizer(params, kind: str, lr: float = 5e-5, weight_decay: float = 0.01):
