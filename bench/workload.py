@@ -192,10 +192,8 @@ class TaskHeads(nn.Module):
 
 
 class Variant(NamedTuple):
-    """What a benchmark variant runs. precision as the training driver's (fastbert/train/config.py):
-      bf16           bf16 weights, fp32 master weights and Adam states in fastbert's FusedAdamW, no autocast
-      bf16-autocast  fp32 weights under torch.autocast(bf16)
-      fp32
+    """What a benchmark variant runs. precision: the training driver's precision mode of that name (bf16,
+    bf16-autocast or fp32; what each runs: fastbert/train/config.py), the same for every implementation;
     layout: the TaskBatch layout it trains on (fastbert: packed; Hugging Face: padded, or padded8)."""
     impl: str  # fastbert | reference | hf | hf-compile
     precision: str
