@@ -107,19 +107,18 @@ def to_hf(sd: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tens
 
 def load_model(cls, path=None, *, config: BertConfig | None = None, dtype: torch.dtype | None = None,
                **model_kwargs):
-    """Build `cls` (BertModel or BertForMaskedLM) from a checkpoint directory; None = packaged MiniLM."""
-    from fastbert.model import BertForMaskedLM
-
+    """Build `cls` from a checkpoint directory; None = packaged MiniLM. `cls.hf_prefix`: "" for an encoder
+    alone (BertModel), "bert." for an encoder with an MLM head under `cls.` (BertForMaskedLM)."""
     path = os.fspath(path) if path is not None else default_path()
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint directory {path} does not exist")
     config = config or BertConfig.from_json(path)
     state = to_fastbert(read_state_dict(path))
-    with_head = cls is BertForMaskedLM
+    with_head = bool(cls.hf_prefix)
     model = cls(config, **model_kwargs)
     target = model.state_dict()
     if with_head:
-        state = {(k if k.startswith(_HEAD_PREFIX) else "bert." + k): v for k, v in state.items()}
+        state = {(k if k.startswith(_HEAD_PREFIX) else cls.hf_prefix + k): v for k, v in state.items()}
     else:
         state = {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIX)}
     for key, t in state.items():
@@ -141,13 +140,12 @@ def load_model(cls, path=None, *, config: BertConfig | None = None, dtype: torch
 
 
 def save_model(model, directory) -> None:
-    """config.json + model.safetensors in the Hugging Face layout, each written atomically."""
+    """config.json + model.safetensors in the Hugging Face layout, each written atomically (a BertModel or
+    BertForMaskedLM: see load_model on hf_prefix)."""
     from safetensors.torch import save_file
 
-    from fastbert.model import BertForMaskedLM
-
     os.makedirs(directory, exist_ok=True)
-    prefix = "bert." if isinstance(model, BertForMaskedLM) else ""
+    prefix = model.hf_prefix
     tensors = to_hf({k: v.detach().cpu() for k, v in model.state_dict().items()}, prefix)
     config = model.config.to_dict()
     if prefix:
