@@ -25,6 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from fastbert.data.batching import Loader, Stream, TaskBatch
+from fastbert.tasks.base import Encode
 from fastbert.train import checkpoint, optim, routines
 from fastbert.train.run import Run
 
@@ -42,29 +43,6 @@ class Model(nn.Module):
         self.tasks = nn.ModuleDict(tasks)
         self.tokenizer = tokenizer
         self.untrained: list[str] = []  # evaluated tasks whose heads are neither trained nor loaded
-
-
-class Encode:
-    """What a task calls to run the encoder on a Batch. Frozen: no gradient, no dropout."""
-
-    def __init__(self, encoder, frozen: bool = False):
-        self.encoder, self.frozen = encoder, frozen
-
-    def __call__(self, inputs):
-        if not self.frozen:
-            return self.encoder(**inputs.model_inputs())
-        was = self.encoder.training
-        self.encoder.eval()
-        try:
-            with torch.no_grad():
-                return self.encoder(**inputs.model_inputs())
-        finally:
-            self.encoder.train(was)
-
-    @property
-    def word_embeddings(self) -> torch.Tensor:
-        w = self.encoder.embeddings.word_embeddings.weight
-        return w.detach() if self.frozen else w
 
 
 def frozen_at(setting, step: int) -> bool:
