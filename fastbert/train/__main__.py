@@ -43,7 +43,7 @@ def main(argv: list[str]) -> int:
             return 0
         stages.chain(recipe, overrides)
         return 0
-    if overrides.get("resume") and stage in ("pretrain", "nli", "contrastive", "single", "multitask"):
+    if overrides.get("resume") and stage in config.TRAINING_STAGES:
         # continue with the run's own settings (explicit overrides still apply)
         run_dir = overrides.get("run_dir") or default_dir(stage, True)
         saved = os.path.join(run_dir, "config.yaml")

@@ -52,12 +52,7 @@ DEFAULTS = {
     "eval_batch_size": 128,
     "epochs": 1.0,  # in the routine's epochs (see fastbert.train.routines)
     "max_steps": None,  # overrides epochs
-    # precision: fp32 | bf16: encoder weights stored in bf16 (no casts per forward), fp32 master weights and
-    # Adam states in FusedAdamW (needs optimizer fused_adamw), sentence heads and losses fp32, checkpoints
-    # save the fp32 masters | bf16-autocast: fp32 weights, torch.autocast to bf16 | fp16: CUDA autocast
-    # with loss scaling | auto: bf16 on a CPU with bf16 (bf16-autocast with adamw), bf16-autocast on CUDA
-    # with bf16, else fp16 on CUDA and fp32 on CPU
-    "precision": "auto",
+    "precision": "auto",  # one of PRECISIONS below
     "device": "auto",
     "seed": 0,
     "threads": "auto",  # torch CPU threads: auto = the cores not already busy (sampled from /proc/stat), >= 1
@@ -72,7 +67,20 @@ DEFAULTS = {
     "chain": None,  # `chain`: a list of stage settings run in order, each starting from the previous best
 }
 
-STAGES = ("pretrain", "nli", "contrastive", "single", "multitask", "evaluate", "predict", "chain")
+TRAINING_STAGES = ("pretrain", "nli", "contrastive", "single", "multitask")
+STAGES = (*TRAINING_STAGES, "evaluate", "predict", "chain")
+
+# precision: what each value runs (fastbert.train.loop.precision resolves auto and checks what a value needs)
+PRECISIONS = {
+    "bf16": "encoder (and MLM head) weights stored in bf16, no casts per forward; fp32 master weights and Adam "
+            "states in fastbert.optim.FusedAdamW (cast_params); sentence heads, pooling sums and losses in fp32; "
+            "checkpoints save the fp32 masters. Needs optimizer fused_adamw",
+    "bf16-autocast": "fp32 weights under torch.autocast(bf16)",
+    "fp32": "fp32 everywhere",
+    "fp16": "CUDA only: fp16 autocast with loss scaling (torch.amp.GradScaler)",
+    "auto": "bf16 on a CPU with bf16 (bf16-autocast there with optimizer adamw); bf16-autocast on CUDA with "
+            "bf16, else fp16; fp32 on other CPUs",
+}
 
 
 class ConfigError(ValueError):

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from fastbert.data.batching import Loader, Stream, TaskBatch
 from fastbert.tasks.base import Encode
 from fastbert.train import checkpoint, optim, routines
+from fastbert.train.config import PRECISIONS
 from fastbert.train.run import Run
 
 
@@ -59,16 +60,12 @@ def device_of(cfg: dict) -> torch.device:
     return torch.device(cfg["device"])
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "bf16-autocast", "fp16")
-
-
 def precision(cfg: dict, device: torch.device) -> str:
-    """The run's precision (see config.py): fp32 | bf16 | bf16-autocast | fp16. auto: bf16 (bf16 weights,
-    fp32 masters in fastbert's FusedAdamW) on a CPU with bf16 support when the optimizer is fused_adamw,
-    bf16-autocast there with torch's AdamW and on CUDA with bf16, else fp16 on CUDA, fp32 on CPU."""
+    """The run's precision on `device`: auto resolved, each value checked for what it needs (config.PRECISIONS
+    says what each runs)."""
     p = cfg["precision"]
     if p not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}; got {p!r}")
+        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}; got {p!r}")
     fused = optim.name(cfg, device) == "fused_adamw"
     if p == "auto":
         if device.type == "cuda":

@@ -308,7 +308,7 @@ def chain(recipe: dict, overrides: dict | None = None) -> dict:
     for i, link in enumerate(links):
         link = copy.deepcopy(link)
         stage = link.pop("stage", None)
-        if stage not in ("pretrain", "nli", "contrastive", "single", "multitask"):
+        if stage not in config.TRAINING_STAGES:
             raise config.ConfigError(f"chain link {i}: stage must be a training stage, got {stage!r}")
         path = os.path.join(root, f"{i}-{stage}")
         link_cfg = config.resolve(stage, config.merge(merged, link),
@@ -324,5 +324,4 @@ def chain(recipe: dict, overrides: dict | None = None) -> dict:
     return {"run_dir": root, "last": result}
 
 
-STAGES = {"pretrain": train, "nli": train, "contrastive": train, "single": train, "multitask": train,
-          "evaluate": evaluate, "predict": predict}
+STAGES = {**{stage: train for stage in config.TRAINING_STAGES}, "evaluate": evaluate, "predict": predict}
