@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import warnings
 
 import torch
 
+from fastbert._io import atomic_write
 from fastbert.config import BertConfig
 
 _QKV = re.compile(r"^(encoder\.layer\.\d+\.attention\.self)\.(query|key|value)\.(weight|bias)$")
@@ -150,21 +150,6 @@ def save_model(model, directory) -> None:
     config = model.config.to_dict()
     if prefix:
         config["architectures"] = ["BertForMaskedLM"]
-    _atomic(directory, "model.safetensors", lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-
-    def write_config(p):
-        with open(p, "w", encoding="utf-8") as f:
-            json.dump(config, f, indent=2)
-
-    _atomic(directory, "config.json", write_config)
-
-
-def _atomic(directory, name, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, os.path.join(directory, name))
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(os.path.join(directory, "model.safetensors"),
+                 lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write(os.path.join(directory, "config.json"), json.dumps(config, indent=2))

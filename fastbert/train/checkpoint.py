@@ -23,6 +23,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from fastbert import pretrained
+from fastbert._io import atomic_write
 from fastbert.model import BertForMaskedLM
 
 
@@ -87,11 +88,7 @@ def load_heads(directory: str, model) -> list[str]:
 
 
 def link(run_dir: str, name: str, target: str) -> None:
-    tmp = os.path.join(run_dir, f".{name}.tmp")
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    os.symlink(os.path.relpath(target, run_dir), tmp)
-    os.replace(tmp, os.path.join(run_dir, name))
+    atomic_write(os.path.join(run_dir, name), lambda tmp: os.symlink(os.path.relpath(target, run_dir), tmp))
 
 
 def prune(run_dir: str) -> None:

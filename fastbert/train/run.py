@@ -10,6 +10,8 @@ import time
 import yaml
 from tqdm import tqdm
 
+from fastbert._io import atomic_write
+
 
 def default_dir(stage: str, resume: bool) -> str:
     """runs/<stage>-<time>; with resume, the newest runs/<stage>-*."""
@@ -19,13 +21,6 @@ def default_dir(stage: str, resume: bool) -> str:
             return found[-1]
         raise FileNotFoundError(f"--resume: no runs/{stage}-* here; pass --run_dir")
     return os.path.join("runs", f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}")
-
-
-def atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 class Run:
@@ -81,9 +76,7 @@ class Run:
         if dev:
             b.legend()
         fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.92, wspace=0.22)
-        tmp = os.path.join(self.path, ".curves.tmp.png")
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, os.path.join(self.path, "curves.png"))
+        atomic_write(os.path.join(self.path, "curves.png"), lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
 
 
 def dev_table(dev: dict, metric_names: dict, note: str = "") -> str:

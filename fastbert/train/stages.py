@@ -20,13 +20,14 @@ import torch
 
 from fastbert import _extension
 from fastbert import tasks as tasks_mod
+from fastbert._io import atomic_write
 from fastbert.config import BertConfig
 from fastbert.data.batching import Encoded, Loader
 from fastbert.model import BertModel
 from fastbert.pretrained import default_path
 from fastbert.tokenizer import BertTokenizer
 from fastbert.train import checkpoint, config, loop, optim
-from fastbert.train.run import Run, atomic_write, default_dir, dev_table
+from fastbert.train.run import Run, default_dir, dev_table
 
 # CS224N submission files: task -> (file prefix, header column)
 CS224N_FILES = {"sst": ("sst", "Predicted_Sentiment"), "quora": ("para", "Predicted_Is_Paraphrase"),
