@@ -126,7 +126,7 @@ class BertModel(nn.Module):
     unpad: run padded batches packed inside (no work on padding).
     bucket_tokens: round the packed token count up (at most 12.5%, by a dummy sequence, see
     padding.pad_to_bucket) so that the matmuls see few shapes. None (default): on for CPU bf16/fp16 matmuls,
-    where oneDNN builds a kernel per new shape (~10 ms each, 70 matmuls a training step); off elsewhere.
+    where oneDNN builds a kernel for every new shape (its cost: README); off elsewhere.
     """
 
     hf_prefix = ""  # the encoder's key prefix in the Hugging Face layout (fastbert.pretrained)
