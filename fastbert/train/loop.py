@@ -138,18 +138,27 @@ class _OnDevice:
         return len(self.loader)
 
 
-def _interrupts():
-    """A flag set by the first SIGINT / SIGTERM (the second SIGINT interrupts at once)."""
-    flag = {"signal": None}
-    if threading.current_thread() is not threading.main_thread():
-        return flag, {}
+class Interrupts:
+    """Inside: the first SIGINT / SIGTERM sets `received` (the loop saves after the step and stops); a second
+    SIGINT interrupts at once. Outside: the previous handlers. (Only the main thread may set handlers.)"""
 
-    def handler(signum, frame):
-        if flag["signal"] is not None and signum == signal.SIGINT:
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "Interrupts":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        flag["signal"] = signum
-
-    return flag, {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.received = signum
 
 
 def is_main_process() -> bool:
@@ -393,20 +402,18 @@ class Trainer:
 
     @contextlib.contextmanager
     def running(self):
-        """Around the loop: the interrupt flag (yielded), the clock, gc frozen, the progress bar; put back after."""
-        flag, old_handlers = _interrupts()
+        """Around the loop: Interrupts (yielded), the clock, gc frozen, the progress bar; all put back after."""
         gc.freeze()  # data, model and optimizer live for the whole run: out of the collector's full passes
         self.state.started = time.time()
         self.logged = (self.state.started, self.state.tokens)
         self.bar = tqdm(total=self.total, initial=self.state.step, desc=self.cfg["stage"], file=sys.stderr,
                         disable=not (self.cfg["progress"] and self.is_main), dynamic_ncols=True, mininterval=1.0)
         try:
-            yield flag
+            with Interrupts() as interrupts:
+                yield interrupts
         finally:
             self.bar.close()
             gc.unfreeze()
-            for s, h in old_handlers.items():
-                signal.signal(s, h)
 
 
 def train(cfg: dict, run: Run, model: Model, loaders: dict[str, Loader], dev_loaders: dict[str, Loader],
@@ -426,7 +433,7 @@ def train(cfg: dict, run: Run, model: Model, loaders: dict[str, Loader], dev_loa
                 trainer.evaluate()
             elif trainer.save_every and step % trainer.save_every == 0:
                 trainer.save()
-            if interrupted["signal"] is not None:
+            if interrupted.received is not None:
                 trainer.save_and_stop()
     if trainer.state.step == start and trainer.state.best is None:  # resumed a finished run that never evaluated
         trainer.evaluate()
