@@ -43,6 +43,7 @@ def _resolve(op, q):
 
 def _check_qkv(op, q, k, v, dims):
     _checks.tensor(op, "q", q, dim=dims)
+    _checks.features(op, "q", q, what="head dim")
     for name, t in (("k", k), ("v", v)):
         _checks.tensor(op, name, t, dim=dims, dtypes=(q.dtype,), device=q.device, shape=tuple(q.shape))
 
@@ -56,7 +57,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens: torch.
     B, S = q.shape[:2]
     if seqlens is None:
         seqlens = torch.full((B,), S, dtype=torch.int32, device=q.device)
-    _checks.tensor(op, "seqlens", seqlens, dim=1, dtypes=(torch.int32, torch.int64), device=q.device,
+    _checks.tensor(op, "seqlens", seqlens, dim=1, dtypes=_checks.INDEX_DTYPES, device=q.device,
                    shape=(B,))
     if seqlens.device.type == "cpu" and B and (int(seqlens.min()) < 0 or int(seqlens.max()) > S):
         raise ValueError(f"{op}: seqlens must lie in [0, {S}], got {seqlens.tolist()}")

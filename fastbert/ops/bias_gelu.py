@@ -21,7 +21,8 @@ APPROXIMATIONS = ("none", "tanh")
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None = None, approximate: str = "none") -> torch.Tensor:
     """GELU(x + bias) over x: [..., N] with bias: [N]; fp32 math, output in x's dtype."""
     op = "bias_gelu"
-    _checks.tensor(op, "x", x)
+    _checks.tensor(op, "x", x, min_dim=1)
+    _checks.features(op, "x", x)
     if bias is not None:
         _checks.tensor(op, "bias", bias, device=x.device, shape=(x.shape[-1],))
     if approximate not in APPROXIMATIONS:

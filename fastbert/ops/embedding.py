@@ -28,7 +28,6 @@ from fastbert import backend
 from fastbert.ops import _checks, _fused, philox
 
 KERNELS = ("triton", "cpu")
-_INDEX_DTYPES = (torch.int32, torch.int64)
 
 
 def embedding_layer_norm(input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor,
@@ -42,6 +41,7 @@ def embedding_layer_norm(input_ids: torch.Tensor, token_type_ids: torch.Tensor, 
     """
     op = "embedding_layer_norm"
     _checks.tensor(op, "word", word, dim=2)
+    _checks.features(op, "word", word)
     n = word.shape[1]
     for name, t in (("token_type", token_type), ("position", position)):
         _checks.tensor(op, name, t, dim=2, dtypes=(word.dtype,), device=word.device)
@@ -49,9 +49,9 @@ def embedding_layer_norm(input_ids: torch.Tensor, token_type_ids: torch.Tensor, 
             raise ValueError(f"{op}: {name} has shape {list(t.shape)}; expected {n} columns as word")
     for name, t in (("weight", weight), ("bias", bias)):
         _checks.tensor(op, name, t, device=word.device, shape=(n,))
-    _checks.tensor(op, "input_ids", input_ids, dtypes=_INDEX_DTYPES, device=word.device)
+    _checks.tensor(op, "input_ids", input_ids, dtypes=_checks.INDEX_DTYPES, device=word.device)
     for name, t in (("token_type_ids", token_type_ids), ("position_ids", position_ids)):
-        _checks.tensor(op, name, t, dtypes=_INDEX_DTYPES, device=word.device, shape=tuple(input_ids.shape))
+        _checks.tensor(op, name, t, dtypes=_checks.INDEX_DTYPES, device=word.device, shape=tuple(input_ids.shape))
     _checks.dropout_p(op, dropout_p)
     if padding_idx is not None:
         if not -word.shape[0] <= padding_idx < word.shape[0]:

@@ -35,7 +35,8 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
     x: [..., N]; weight, bias, input_bias: [N]; residual: x's shape (any float dtype).
     """
     op = "layer_norm"
-    _checks.tensor(op, "x", x)
+    _checks.tensor(op, "x", x, min_dim=1)
+    _checks.features(op, "x", x)
     n = x.shape[-1]
     for name, t in (("weight", weight), ("bias", bias), ("input_bias", input_bias)):
         if t is not None:

@@ -15,6 +15,7 @@ def unpad_input(hidden: torch.Tensor, attention_mask: torch.Tensor):
 
     Any mask works (right or left padding, holes): tokens keep their order within each row.
     """
+    _checks.tensor("unpad_input", "hidden", hidden, min_dim=2, dtypes=None)
     _checks.tensor("unpad_input", "attention_mask", attention_mask, dim=2, dtypes=None,
                    device=hidden.device, shape=tuple(hidden.shape[:2]))
     mask = attention_mask.bool()
@@ -22,12 +23,15 @@ def unpad_input(hidden: torch.Tensor, attention_mask: torch.Tensor):
     indices = torch.nonzero(mask.flatten(), as_tuple=False).flatten()
     cu_seqlens = torch.nn.functional.pad(torch.cumsum(seqlens, 0, dtype=torch.int32), (1, 0))
     max_seqlen = int(seqlens.max()) if seqlens.numel() else 0
-    packed = hidden.reshape(-1, *hidden.shape[2:]).index_select(0, indices)
+    packed = hidden.flatten(0, 1).index_select(0, indices)
     return packed, indices, cu_seqlens, max_seqlen
 
 
 def pad_input(packed: torch.Tensor, indices: torch.Tensor, batch: int, seqlen: int) -> torch.Tensor:
     """Inverse of unpad_input: [T, ...] -> [batch, seqlen, ...] with zeros at padding."""
+    _checks.tensor("pad_input", "packed", packed, min_dim=1, dtypes=None)
+    _checks.tensor("pad_input", "indices", indices, dim=1, dtypes=(torch.int64,), device=packed.device,
+                   shape=(packed.shape[0],))
     out = packed.new_zeros(batch * seqlen, *packed.shape[1:])
     out = out.index_copy(0, indices, packed)
     return out.view(batch, seqlen, *packed.shape[1:])
