@@ -68,7 +68,7 @@ def token_bucket(total: int) -> int:
 def pad_to_bucket(input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen, pad_token_id):
     """Packed input grown to token_bucket(T) tokens by one dummy sequence of pad tokens at the end.
 
-    A matmul library that builds a kernel per shape (oneDNN for bf16 on CPU: ~10 ms per new shape) then
+    A matmul library that builds a kernel per shape (oneDNN for bf16 on CPU; its cost: README) then
     sees a few token counts instead of a new one every batch. The real sequences are untouched: attention
     stays within each sequence, the dummy's outputs are sliced off ([:T]), so it adds no gradient.
     Returns (input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen), unchanged if T is a bucket.
