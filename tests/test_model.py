@@ -6,7 +6,8 @@ import torch
 
 from fastbert import BertConfig, BertForMaskedLM, BertModel, BertTokenizer
 from fastbert.pretrained import default_path, to_fastbert
-from tests.conftest import max_rel_err, read_tsv_column
+from tests._data import read_tsv_column
+from tests._tolerance import max_rel_err
 
 transformers = pytest.importorskip("transformers")
 

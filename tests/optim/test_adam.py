@@ -9,7 +9,7 @@ import torch
 from fastbert import _extension, use_backend
 from fastbert.optim import FusedAdam, FusedAdamW
 from fastbert.optim.adam import _implementation, l2_norm_reference
-from tests.conftest import max_rel_err
+from tests._tolerance import max_rel_err
 
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
