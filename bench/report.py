@@ -164,6 +164,17 @@ def targets_section(rows, machine: dict) -> str:
             "target missed by more than the spread.\n\n" + "".join(lines) + "\n")
 
 
+def gpu_targets_section(benchmarks) -> str:
+    """The GPU targets (bench/gpu_targets.py): one line each, met or NOT met."""
+    rows = [b["extra_info"]["target"] for b in benchmarks if isinstance(b.get("extra_info", {}).get("target"), dict)]
+    if not rows:
+        return ""
+    body = [[t["what"] + (f" ({t['workload']})" if "workload" in t else ""), f"{t['value']:.2f}",
+             f">= {t['threshold']:g}", "met" if t["met"] else "NOT met"] for t in rows]
+    met = sum(t["met"] for t in rows)
+    return f"### GPU targets: {met} of {len(rows)} met\n\n" + table(["target", "measured", "target", ""], body) + "\n"
+
+
 def speedup_section(kinds, device, machine: dict | None = None) -> str:
     rows = sorted(kinds.get("speedup", []), key=lambda b: ["minilm", "bert-base"].index(b["extra_info"]["shape"]))
     if not rows:
@@ -396,6 +407,7 @@ def render(paths: list[str], plots: bool = True) -> str:
         fb = data["machine_info"].get("fastbert", {})
         doc += f"\n## {device.upper()}: {fb.get('device_name', '?')}\n\n" + machine_section(data, path) + "\n"
         peak = fb.get("bf16_matmul_tflops")
+        doc += gpu_targets_section(data["benchmarks"])
         doc += speedup_section(kinds, device, fb)
         doc += throughput_section(kinds, "train", "Training step (forward + backward + optimizer)", device,
                                   p.get("train"), peak)

@@ -28,6 +28,7 @@ import tempfile
 import pytest
 import torch
 
+from bench import gpu_targets
 from bench.machine import device_name, matmul_tflops, median_s, op_backends, optimizer_name, sync
 from bench.rounds import SPEEDUP_VARIANTS, batch_rounds, interleaved_train_rounds, speedup_record
 from bench.targets import missed
@@ -151,6 +152,8 @@ def test_train_speedup(benchmark, shape, device, tasks, tokenizer):
     if device.type == "cpu" and not QUICK:
         failed = missed(record)
         assert not failed, "CPU targets missed by more than the measured spread:\n" + "\n".join(failed)
+    if shape == "bert-base" and device.type == "cuda" and not QUICK:
+        gpu_targets.check(benchmark, "train_bert_base", record["speedup"]["hf-bf16"])
 
 
 @pytest.mark.parametrize("shape,variant", CASES, ids=[f"{s}-{v}" for s, v in CASES])
