@@ -6,8 +6,10 @@ miss shows in the run's exit status and in BENCHMARKS.md. Elsewhere (CPU, the in
 """
 from __future__ import annotations
 
+import json
 import os
 import statistics
+import sys
 
 import pytest
 import torch
@@ -64,3 +66,17 @@ def timed_target(benchmark, name: str, fns: dict, value, **detail) -> dict[str, 
     benchmark.pedantic(lambda: medians.update(cuda_medians_ms(fns)), rounds=1)
     check(benchmark, name, value(medians), median_ms=medians, **detail)
     return medians
+
+
+def summarize(path: str) -> str:
+    """"<n> timed|<m> of <k> met[, missed: ...]" for a pytest-benchmark JSON (scripts/gpu_check.sh reads it)."""
+    with open(path) as f:
+        benchmarks = json.load(f)["benchmarks"]
+    results = [b["extra_info"]["target"] for b in benchmarks if isinstance(b.get("extra_info", {}).get("target"), dict)]
+    missed = ", ".join(t["name"] + (f" {t['workload']}" if "workload" in t else "") for t in results if not t["met"])
+    return (f"{len(benchmarks)} timed|{sum(t['met'] for t in results)} of {len(results)} met"
+            + (f", missed: {missed}" if missed else ""))
+
+
+if __name__ == "__main__":
+    print(summarize(sys.argv[1]))

@@ -425,6 +425,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=OUT_MD, help="markdown file to write (default: BENCHMARKS.md)")
     ap.add_argument("--allow-dirty", action="store_true",
                     help="let --run measure a tree with uncommitted changes (the report then says so loudly)")
+    ap.add_argument("--no-plots", action="store_true", help="tables only (no PNGs written into bench/results)")
     ap.add_argument("--run", nargs=argparse.REMAINDER, metavar="PYTEST_ARGS",
                     help="run the full suite first, into bench/results/<device>.json (the rest goes to pytest)")
     args = ap.parse_args(argv)
@@ -445,7 +446,7 @@ def main(argv=None) -> int:
     if not paths:
         ap.error("no results: run `python bench/report.py --run` first")
     os.makedirs(RESULTS, exist_ok=True)
-    doc = render(paths)
+    doc = render(paths, plots=not args.no_plots)
     with open(args.out, "w") as f:
         f.write(doc)
     print(f"wrote {os.path.relpath(args.out)} from {', '.join(os.path.relpath(p) for p in paths)}")

@@ -15,6 +15,7 @@ DATA_DIR = os.environ.get("FASTBERT_DATA", os.path.join(ROOT, "..", "shared", "d
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "triton: runs Triton kernels (CUDA, or the interpreter on CPU)")
+    config.addinivalue_line("markers", "cuda: runs only on a CUDA GPU (skips elsewhere)")
 
 
 @pytest.fixture(scope="session")

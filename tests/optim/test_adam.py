@@ -16,8 +16,8 @@ from tests._tolerance import max_rel_err
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
 
-@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="the CUDA FusedAdam kernel needs a CUDA GPU"))])
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the CUDA FusedAdam kernel needs a CUDA GPU")])])
 def device(request) -> torch.device:
     return torch.device(request.param)
 
