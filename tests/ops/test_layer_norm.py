@@ -117,7 +117,11 @@ def test_kernel_contract_h_mean_rstd_and_dropout_mask():
     out, h, mean, rstd = kernels.layer_norm_forward(x, w, b, r, ib, 1e-5, p, seed)
     keep = philox.keep_mask_rows(seed, p, M, N, DEVICE)
     expected_h = (x + ib) * keep * (1.0 / (1.0 - p)) + r
-    assert torch.equal(h, expected_h)  # the same mask, bit for bit, and the same fp32 arithmetic
+    assert torch.equal(h[~keep], r[~keep])  # the same mask, bit for bit
+    if DEVICE == "cpu":  # the interpreter rounds every operation, as eager PyTorch does
+        assert torch.equal(h, expected_h)
+    else:  # compiled code may fuse the multiply and the add (one rounding fewer)
+        torch.testing.assert_close(h, expected_h, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(mean, expected_h.mean(1))
     torch.testing.assert_close(rstd, torch.rsqrt(expected_h.var(1, unbiased=False) + 1e-5))
     dy = torch.randn(M, N, device=DEVICE)
