@@ -7,7 +7,7 @@ import torch
 import fastbert
 from fastbert import BertConfig, BertModel
 from tests._device import CUDA, DEVICE, TRITON_MARKS
-from tests.test_compile import recording_backend
+from tests._compile import recording_backend
 
 pytestmark = TRITON_MARKS
 
