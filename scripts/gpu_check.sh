@@ -139,6 +139,8 @@ step_tests() {
   STEP=tests
   local args=(tests)
   [ "$DRY" = 1 ] && args=(tests/ops/test_philox.py tests/optim/test_adam.py)  # the interpreter is slow: a sample
+  # Triton compiles each kernel variant on first use, one at a time per process: 8 processes where xdist is
+  [ "$DRY" = 0 ] && "$PY" -c "import xdist" 2>/dev/null && args+=(-n 8)
   "$PY" -m pytest -q -p no:cacheprovider -m "triton or cuda" "${args[@]}" >"$OUT/tests.log" 2>&1 \
     || fail "GPU tests failed: $(grep -E '^(FAILED|ERROR)' "$OUT/tests.log" | head -n 3 | tr '\n' ' ')(log $OUT/tests.log)"
   TESTS=$(counts "$OUT/tests.log")
