@@ -166,7 +166,8 @@ step_bench() {
       || fail "no data at ${FASTBERT_DATA:-../shared/data}/cs224n: the model benchmarks time real batches (set FASTBERT_DATA)"
   fi
   echo "gpu_check: benchmarks (log $OUT/bench.log)"
-  "$PY" -m pytest "${files[@]}" -k "$select" "${args[@]}" --benchmark-json="$JSON" >"$OUT/bench.log" 2>&1
+  # wide lines: the short summary keeps each failure's message, by which a target miss is told from a break
+  COLUMNS=400 "$PY" -m pytest "${files[@]}" -k "$select" "${args[@]}" --benchmark-json="$JSON" >"$OUT/bench.log" 2>&1
   local rc=$? broken
   broken=$(grep -E '^(FAILED|ERROR) ' "$OUT/bench.log" | grep -v "GPU target missed" | head -n 3 | tr '\n' ' ')
   [ -n "$broken" ] && fail "benchmarks failed (not a target): $broken(log $OUT/bench.log)"
