@@ -1,4 +1,5 @@
-"""The GPU targets (issue 16; the CPU ones are in bench/targets.py), checked where they are timed: on CUDA, in a timing run (--benchmark-only).
+"""The GPU targets (issue 16; the CPU ones are in bench/targets.py), checked where they are timed: on CUDA, in a
+timing run (--benchmark-only).
 
 Each target test times fastbert and its baseline in one process, interleaved call by call, with CUDA events
 (median per variant), records the result under extra_info["target"] and fails when fastbert misses it, so a

@@ -143,9 +143,10 @@ def test_adam_cuda_target(benchmark):
     n = sum(p.numel() for p in params)
     src = torch.empty(BYTES_PER_PARAM * n // 8, device="cuda")  # a copy reads and writes 4 bytes per element
     dst = torch.empty_like(src)
-    fns = {"fastbert": FusedAdamW(params, lr=1e-5).step, "torch_fused": torch.optim.AdamW(ref, lr=1e-5, fused=True).step,
+    fns = {"fastbert": FusedAdamW(params, lr=1e-5).step,
+           "torch_fused": torch.optim.AdamW(ref, lr=1e-5, fused=True).step,
            "roofline": lambda: dst.copy_(src)}
     benchmark.group = "GPU targets"
     med = gpu_targets.timed_target(benchmark, "adam", fns, lambda m: m["roofline"] / m["fastbert"], params=n,
-                               tensors=len(params))
+                                   tensors=len(params))
     benchmark.extra_info["GB/s"] = {k: BYTES_PER_PARAM * n / (v / 1e3) / 1e9 for k, v in med.items()}

@@ -55,7 +55,8 @@ def _run_eager(x, r, w, b, ib, p, seed=7, eps=1e-5):
     keep_seed, dt, n = philox.draw_seed(), x.dtype, x.shape[-1]
     h = x if ib is None else x + ib.to(dt)
     if p:
-        h = h * philox.keep_mask_rows(keep_seed, p, h.numel() // n, n, h.device).view(h.shape).to(dt) * (1.0 / (1.0 - p))
+        keep = philox.keep_mask_rows(keep_seed, p, h.numel() // n, n, h.device).view(h.shape)
+        h = h * keep.to(dt) * (1.0 / (1.0 - p))
     h = h if r is None else h + r.to(dt)
     out = torch.nn.functional.layer_norm(h, (n,), w.to(dt), b.to(dt), eps)
     grad = _grad_like(out)
