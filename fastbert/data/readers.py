@@ -26,12 +26,14 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 
+from fastbert.errors import UserError
+
 csv.field_size_limit(sys.maxsize)  # cfimdb reviews and Yelp texts run past the default 128 KiB cap
 
 _QUOTED = re.compile(r'"((?:[^"]|"")*)"')
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data file that cannot be read as asked: the message starts with file:line."""
 
 

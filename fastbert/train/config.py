@@ -11,6 +11,7 @@ import os
 import yaml
 
 from fastbert import tasks as tasks_mod
+from fastbert.errors import UserError
 
 RECIPES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipes")
 
@@ -83,8 +84,8 @@ PRECISIONS = {
 }
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(UserError, ValueError):
+    """A bad setting or recipe: the message names the key, the value and what is allowed."""
 
 
 def parse_value(text: str):

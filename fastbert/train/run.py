@@ -11,6 +11,7 @@ import yaml
 from tqdm import tqdm
 
 from fastbert._io import atomic_write
+from fastbert.errors import NotFoundError
 
 
 def default_dir(stage: str, resume: bool) -> str:
@@ -19,7 +20,7 @@ def default_dir(stage: str, resume: bool) -> str:
         found = sorted(d for d in glob.glob(os.path.join("runs", f"{stage}-*")) if os.path.isdir(d))
         if found:
             return found[-1]
-        raise FileNotFoundError(f"--resume: no runs/{stage}-* here; pass --run_dir")
+        raise NotFoundError(f"--resume: no runs/{stage}-* here; pass --run_dir")
     return os.path.join("runs", f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 

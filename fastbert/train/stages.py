@@ -22,6 +22,7 @@ from fastbert import _extension
 from fastbert import tasks as tasks_mod
 from fastbert._io import atomic_write
 from fastbert.config import BertConfig
+from fastbert.errors import NotFoundError, RunDirError
 from fastbert.data.batching import Encoded, Loader
 from fastbert.model import BertModel
 from fastbert.pretrained import default_path
@@ -172,7 +173,7 @@ def _run_dir(cfg: dict) -> tuple[str, str | None]:
     path = cfg["run_dir"] or default_dir(cfg["stage"], cfg["resume"])
     last = checkpoint.find_last(path)
     if last and not cfg["resume"]:
-        raise FileExistsError(f"{path} holds checkpoints already: --resume continues it, or pick another --run_dir")
+        raise RunDirError(f"{path} holds checkpoints already: --resume continues it, or pick another --run_dir")
     return path, last if cfg["resume"] else None
 
 
@@ -220,7 +221,7 @@ def _checkpoint_dir(path: str) -> str:
         d = os.path.join(path, sub)
         if os.path.exists(os.path.join(d, "config.json")):
             return os.path.realpath(d)
-    raise FileNotFoundError(f"{path}: not a checkpoint (no config.json) nor a run directory with best/ or last/")
+    raise NotFoundError(f"{path}: not a checkpoint (no config.json) nor a run directory with best/ or last/")
 
 
 def _for_checkpoint(cfg: dict) -> tuple[loop.Model, Run, list[str]]:
