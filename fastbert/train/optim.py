@@ -23,6 +23,7 @@ def _fused_adamw(groups, cfg):
 # name -> (parameter groups, run settings) -> optimizer. An optimizer with a `max_grad_norm` clips the
 # gradients itself (the loop then does not) and reports the norm as `grad_norm`.
 OPTIMIZERS = {"adamw": _adamw, "fused_adamw": _fused_adamw}
+SCHEDULES = ("linear", "cosine", "constant")  # see schedule()
 
 
 def name(cfg: dict, device: torch.device) -> str:
@@ -76,8 +77,8 @@ def schedule(cfg: dict, total_steps: int):
     warmup = cfg["warmup"]
     warm = int(warmup) if warmup >= 1 else int(round(warmup * total_steps))
     kind = cfg["schedule"]
-    if kind not in ("linear", "cosine", "constant"):
-        raise ValueError(f"schedule must be linear, cosine or constant; got {kind!r}")
+    if kind not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {kind!r}")
 
     def f(step: int) -> float:
         if step < warm:

@@ -76,6 +76,24 @@ def build(cfg: dict, names: list[str], source: str | None = None) -> loop.Model:
     return model
 
 
+def check_lengths(cfg: dict, names: list[str], source: str | None) -> None:
+    """Every task's max_length within the encoder's position embeddings (its config read, nothing loaded)."""
+    if source is None and cfg["model"]:
+        try:
+            limit = BertConfig(**cfg["model"]).max_position_embeddings
+        except TypeError as e:
+            raise config.ConfigError(f"setting model: {cfg['model']!r}: {e}") from None
+    else:
+        limit = BertConfig.from_json(source or default_path()).max_position_embeddings
+    origin = source or ("setting model" if cfg["model"] else "the packaged MiniLM")
+    for name in names:
+        n = config.task_settings(cfg, name)["max_length"]
+        if n > limit:
+            key = f"{name}.max_length" if "max_length" in (cfg.get(name) or {}) else "max_length"
+            raise config.ConfigError(f"setting {key}: {n} is beyond the encoder's {limit} positions ({origin}); "
+                                     f"expected an integer in 1..{limit}")
+
+
 def _encode(model, name, examples):
     task = model.tasks[name]
     return task.encode(examples, model.tokenizer, task.cfg["max_length"])
@@ -183,6 +201,7 @@ def train(cfg: dict) -> dict:
     path, resume = _run_dir(cfg)
     config.data_dir(cfg)  # fail before the model loads
     names = _eval_names(cfg)
+    check_lengths(cfg, names, resume or (_checkpoint_dir(cfg["init"]) if cfg["init"] else None))
     model = build(cfg, names, source=resume)
     # the run's settings, with every task's in full: a checkpoint rebuilds its heads from them alone
     cfg = {**cfg, "run_dir": path, **{n: dict(model.tasks[n].cfg) for n in names}}
@@ -228,6 +247,7 @@ def _for_checkpoint(cfg: dict) -> tuple[loop.Model, Run, list[str]]:
     source = _checkpoint_dir(cfg["init"]) if cfg["init"] else None
     saved = checkpoint.saved_config(source) if source else None
     names = _eval_names(cfg, saved) or ["sst", "quora", "sts"]
+    check_lengths(cfg, names, source)
     model = build(cfg, names)
     run = Run(cfg["run_dir"] or default_dir(cfg["stage"], False), {**cfg, "init": source})
     for n in model.untrained:
