@@ -11,6 +11,7 @@ the dev table of the best checkpoint. Python API:
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import time
 import zlib
@@ -27,7 +28,7 @@ from fastbert.data.batching import Encoded, Loader
 from fastbert.model import BertModel
 from fastbert.pretrained import default_path
 from fastbert.tokenizer import BertTokenizer
-from fastbert.train import checkpoint, config, loop, optim
+from fastbert.train import checkpoint, config, lock, loop, optim
 from fastbert.train.run import Run, default_dir, dev_table
 
 # CS224N submission files: task -> (file prefix, header column)
@@ -195,6 +196,18 @@ def _run_dir(cfg: dict) -> tuple[str, str | None]:
     return path, last if cfg["resume"] else None
 
 
+def locked(stage):
+    """The stage with its run directory locked while it runs: two runs never share a directory."""
+    @functools.wraps(stage)
+    def run(cfg: dict) -> dict:
+        path = cfg["run_dir"] or default_dir(cfg["stage"], cfg.get("resume", False))
+        with lock.held(path):
+            return stage({**cfg, "run_dir": path})
+
+    return run
+
+
+@locked
 def train(cfg: dict) -> dict:
     """Run a training stage (pretrain, nli, contrastive, single, multitask); returns its result."""
     set_threads(cfg)
@@ -255,6 +268,7 @@ def _for_checkpoint(cfg: dict) -> tuple[loop.Model, Run, list[str]]:
     return model, run, names
 
 
+@locked
 def evaluate(cfg: dict) -> dict:
     """Dev metrics of a checkpoint (`init`: a checkpoint or run directory; none: the packaged MiniLM)."""
     set_threads(cfg)
@@ -269,6 +283,7 @@ def evaluate(cfg: dict) -> dict:
     return {"run_dir": run.path, "dev": dev}
 
 
+@locked
 def predict(cfg: dict) -> dict:
     """Prediction files (CS224N format) for the dev and test files of a checkpoint's tasks."""
     set_threads(cfg)
