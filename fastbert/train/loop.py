@@ -286,7 +286,7 @@ class Trainer:
     def restore(self, directory: str) -> None:
         """Continue from the checkpoint in `directory` (its weights are already in the model)."""
         saved = checkpoint.load_trainer(directory)
-        self.opt.load_state_dict(saved["optimizer"])
+        optim.load_state(self.opt, saved["optimizer"])  # whichever optimizer and precision saved it
         self.sched.load_state_dict(saved["scheduler"])
         if self.scaler is not None and saved.get("scaler"):
             self.scaler.load_state_dict(saved["scaler"])
@@ -297,7 +297,7 @@ class Trainer:
         self.routine.load_state_dict(saved["routine"])
         self.state = TrainState.from_state_dict(saved["state"])
         if self.is_main:
-            self.run.truncate(self.state.step)
+            self.run.begin(self.state.step)
         self._log(f"resumed from {directory} at step {self.state.step} of {self.total}")
 
     # ---- one step ----

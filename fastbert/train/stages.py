@@ -218,7 +218,9 @@ def train(cfg: dict) -> dict:
     model = build(cfg, names, source=resume)
     # the run's settings, with every task's in full: a checkpoint rebuilds its heads from them alone
     cfg = {**cfg, "run_dir": path, **{n: dict(model.tasks[n].cfg) for n in names}}
-    run = Run(path, cfg)
+    run = Run(path, cfg, resuming=resume is not None)  # config.yaml: once the loop has restored the checkpoint
+    if resume is None:
+        run.begin(0)
     if cfg["resume"] and resume is None:
         run.log(f"--resume: nothing saved in {path} yet, starting from the beginning")
     for n in model.untrained:
