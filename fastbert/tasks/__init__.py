@@ -124,7 +124,7 @@ def _mlm_texts(cfg, data_dir, skipped):
             out += read_table(resolve_path(scfg["train"], data_dir), text=scfg["text"], where=where,
                               skipped=skipped, **kw)
         else:
-            out += read_text(resolve_path(src, data_dir))
+            out += read_text(resolve_path(src, data_dir), skipped)
     return out
 
 

@@ -34,7 +34,8 @@ CFG = {"lr": 1e-2, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01, "ma
 @pytest.mark.parametrize("saver, saved_bf16, loader, loaded_bf16", [  # (bf16 weights need fused_adamw's masters)
     ("fused_adamw", True, "adamw", False), ("fused_adamw", True, "fused_adamw", False),
     ("adamw", False, "fused_adamw", True), ("fused_adamw", False, "fused_adamw", True),
-    ("fused_adamw", False, "adamw", False), ("adamw", False, "adamw", False), ("fused_adamw", True, "fused_adamw", True)])
+    ("fused_adamw", False, "adamw", False), ("adamw", False, "adamw", False),
+    ("fused_adamw", True, "fused_adamw", True)])
 def test_optimizer_state_loads_across_optimizers_and_precisions(saver, saved_bf16, loader, loaded_bf16):
     cpu = torch.device("cpu")
     a = tiny_encoder()
