@@ -54,8 +54,17 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file: say which one
         raise CheckpointError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
+    check_finite(state, path)
     return state
 
+
+def check_finite(state: dict[str, torch.Tensor], path: str) -> None:
+    """CheckpointError naming the first floating-point tensor of `state` with a NaN or infinite value."""
+    for key, t in state.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise CheckpointError(f"{path}: tensor {key} holds {bad} non-finite values (NaN/inf) of {t.numel()}: "
+                                  "the weights are broken (a diverged run?); use another checkpoint")
 
 
 def _normalise(key: str) -> str:

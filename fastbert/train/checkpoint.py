@@ -129,11 +129,12 @@ def load_heads(directory: str, model) -> list[str]:
 
 
 def read_heads(path: str) -> dict[str, torch.Tensor]:
-    """The tensors of a heads.safetensors file (CheckpointError naming the file if it cannot be read)."""
+    """The tensors of a heads.safetensors file, each finite (else CheckpointError naming the file)."""
     try:
         state = load_file(path)
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file: say which one
         raise CheckpointError(f"{path}: cannot read task heads ({type(e).__name__}: {e})") from None
+    pretrained.check_finite(state, path)
     return state
 
 

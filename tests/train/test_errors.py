@@ -35,7 +35,7 @@ def trained(tiny_data, tmp_path_factory):
     from tests.train.conftest import TINY_MODEL
     run_dir = str(tmp_path_factory.mktemp("trained") / "run")
     run_stage("single", model=TINY_MODEL, data_dir=tiny_data, threads=1, progress=False, batch_size=8,
-              eval_batch_size=32, max_length=32, task="sts", max_steps=2, run_dir=run_dir)
+              eval_batch_size=32, max_length=32, task="sst", max_steps=2, run_dir=run_dir)
     return run_dir
 
 
@@ -114,3 +114,20 @@ def test_read_only_run_dir_is_one_line(tiny_data, tmp_path, monkeypatch, capsys)
     args = ["single", "--task", "sts", "--model", str(TINY_MODEL), "--data_dir", tiny_data, "--threads", "1",
             "--max_steps", "1", "--run_dir", str(run_dir)]
     assert_one_line(*run_cli(args, capsys), f"{run_dir}/config.yaml: Permission denied")
+
+
+@pytest.mark.parametrize("file, key", [("model.safetensors", "encoder.layer.0.output.dense.weight"),
+                                       ("heads.safetensors", "sst.")])
+def test_non_finite_weights_are_refused_on_load_with_their_name(trained, tiny_data, tmp_path, capsys, file, key):
+    import torch
+    from safetensors.torch import load_file, save_file
+    ckpt = copy_checkpoint(trained, tmp_path)
+    state = load_file(ckpt / file)
+    name = next(k for k in state if k.startswith(key) and state[k].is_floating_point())
+    state[name][0] = float("nan")
+    save_file(state, ckpt / file)
+    args = ["evaluate", "--init", str(ckpt), "--data_dir", tiny_data, "--threads", "1", "--progress", "false",
+            "--run_dir", str(tmp_path / "ev")]
+    assert_one_line(*run_cli(args, capsys), f"{ckpt / file}: tensor {name} holds", "non-finite")
+    assert not os.path.exists(tmp_path / "ev" / "dev_table.md")  # no table of a broken model
+    assert torch.isnan(load_file(ckpt / file)[name]).any()  # (the file as it was)
