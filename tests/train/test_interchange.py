@@ -77,7 +77,7 @@ def steps(run_dir):
         return [json.loads(line)["step"] for line in f if '"loss"' in line]
 
 
-def test_a_run_resumes_with_another_optimizer_and_precision_both_ways(tiny):
+def test_a_run_resumes_with_another_optimizer_and_precision_both_ways(tiny, monkeypatch):
     settings = {**tiny, "task": "sts", "eval_every": 2, "log_every": 1}
     run_stage("single", **settings, max_steps=2, optimizer="fused_adamw", precision="bf16")
     run_dir = tiny["run_dir"]
@@ -85,6 +85,10 @@ def test_a_run_resumes_with_another_optimizer_and_precision_both_ways(tiny):
     assert yaml.safe_load(open(os.path.join(run_dir, "config.yaml")))["optimizer"] == "adamw"
     result = run_stage("single", **settings, max_steps=6, optimizer="fused_adamw", precision="bf16", resume=True)
     assert result["step"] == 6 and steps(run_dir) == [1, 2, 3, 4, 5, 6]
+    monkeypatch.setattr(optim, "has_fused_kernels", lambda device: False)  # the extension gone: auto is torch's
+    result = run_stage("single", **settings, max_steps=8, optimizer="auto", precision="auto", resume=True)
+    assert result["step"] == 8 and steps(run_dir) == list(range(1, 9))
+    assert "optimizer auto -> adamw" in open(os.path.join(run_dir, "run.log")).read()
 
 
 def test_a_failed_resume_leaves_the_saved_settings_and_metrics(tiny):
