@@ -123,7 +123,7 @@ def load_heads(directory: str, model) -> list[str]:
             task.load_state_dict(part)
         except RuntimeError as e:
             raise CheckpointError(f"{directory}: the saved head of task {name!r} does not fit its settings "
-                             f"(trained with another encoder/loss?): {e}") from None
+                                  f"(trained with another encoder/loss?): {e}") from None
         loaded.append(name)
     return loaded
 

@@ -25,15 +25,15 @@ def default_dir(stage: str, resume: bool) -> str:
 
 
 class Run:
-    """A run directory. A resumed run (resuming=True) writes config.yaml only once begin() says the resume
-    worked, so a failed attempt leaves the saved settings as they were."""
+    """A run directory. A training run (deferred=True) writes config.yaml only at begin(), once its start is
+    restored, so a failed resume leaves the saved settings as they were."""
 
-    def __init__(self, path: str, cfg: dict, resuming: bool = False):
+    def __init__(self, path: str, cfg: dict, deferred: bool = False):
         self.path, self.cfg = path, cfg
         os.makedirs(path, exist_ok=True)
         self.metrics = os.path.join(path, "metrics.jsonl")
         self.inherited = _end_lines(self.metrics)  # bytes written by earlier starts of this run
-        if not resuming:
+        if not deferred:
             self.save_config()
         self.started = time.time()
 

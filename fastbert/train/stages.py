@@ -23,8 +23,8 @@ from fastbert import _extension
 from fastbert import tasks as tasks_mod
 from fastbert._io import atomic_write
 from fastbert.config import BertConfig
-from fastbert.errors import NotFoundError, RunDirError
 from fastbert.data.batching import Encoded, Loader
+from fastbert.errors import CheckpointError, NotFoundError, RunDirError
 from fastbert.model import BertModel
 from fastbert.pretrained import default_path
 from fastbert.tokenizer import BertTokenizer
@@ -85,7 +85,10 @@ def check_lengths(cfg: dict, names: list[str], source: str | None) -> None:
         except TypeError as e:
             raise config.ConfigError(f"setting model: {cfg['model']!r}: {e}") from None
     else:
-        limit = BertConfig.from_json(source or default_path()).max_position_embeddings
+        try:
+            limit = BertConfig.from_json(source or default_path()).max_position_embeddings
+        except ValueError as e:  # a truncated or hand-edited config.json
+            raise CheckpointError(str(e)) from None
     origin = source or ("setting model" if cfg["model"] else "the packaged MiniLM")
     for name in names:
         n = config.task_settings(cfg, name)["max_length"]
@@ -218,8 +221,8 @@ def train(cfg: dict) -> dict:
     model = build(cfg, names, source=resume)
     # the run's settings, with every task's in full: a checkpoint rebuilds its heads from them alone
     cfg = {**cfg, "run_dir": path, **{n: dict(model.tasks[n].cfg) for n in names}}
-    run = Run(path, cfg, resuming=resume is not None)  # config.yaml: once the loop has restored the checkpoint
-    if resume is None:
+    run = Run(path, cfg, deferred=True)
+    if resume is None:  # else the loop begins the run once it has restored the checkpoint
         run.begin(0)
     if cfg["resume"] and resume is None:
         run.log(f"--resume: nothing saved in {path} yet, starting from the beginning")
