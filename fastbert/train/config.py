@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Callable
 
 import torch
@@ -269,11 +270,27 @@ def load_recipe(name_or_path: str) -> dict:
             names = sorted(f[:-5] for f in os.listdir(RECIPES) if f.endswith(".yaml"))
             raise ConfigError(f"no recipe {name_or_path!r}: not a file, nor one of the packaged {names}")
         path = packaged
-    with open(path, encoding="utf-8") as f:
-        recipe = yaml.safe_load(f) or {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            recipe = yaml.safe_load(f) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not a YAML recipe ({' '.join(str(e).split())})") from None
     if not isinstance(recipe, dict):
         raise ConfigError(f"{path}: a recipe is a mapping of settings")
-    return recipe
+    return _floats(recipe)
+
+
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _floats(value):
+    """`value` with the strings YAML 1.1 leaves unparsed that are floats (1e-5, written without a dot) as
+    floats, as on the command line."""
+    if isinstance(value, dict):
+        return {k: _floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_floats(v) for v in value]
+    return float(value) if isinstance(value, str) and _EXPONENT.fullmatch(value) else value
 
 
 def resolve(stage: str, recipe: dict | None = None, overrides: dict | None = None) -> dict:

@@ -190,3 +190,15 @@ def test_max_length_beyond_the_encoder_fails_before_it_loads(tiny, monkeypatch):
         run_stage("single", **{**tiny, "max_length": 100000}, task="sts")
     with pytest.raises(config.ConfigError, match=r"setting sts.max_length: 600 is beyond the encoder's 512"):
         run_stage("single", **tiny, task="sts", sts={"max_length": 600})
+
+
+def test_recipe_floats_without_a_dot_and_broken_yaml(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("lr: 1e-5\nbetas: [0.9, 9.99E-1]\ntasks: [quora]\nquora: {encoder: cross}\n")
+    recipe = config.load_recipe(str(path))  # (YAML 1.1 reads 1e-5 as a string)
+    assert recipe == {"lr": 1e-5, "betas": [0.9, 0.999], "tasks": ["quora"], "quora": {"encoder": "cross"}}
+    assert config.resolve("multitask", recipe)["lr"] == 1e-5
+    path.write_text("lr: [1e-5\n")
+    with pytest.raises(config.ConfigError, match=rf"{path}: not a YAML recipe \(") as e:
+        config.load_recipe(str(path))
+    assert "\n" not in str(e.value)
