@@ -393,7 +393,8 @@ class Trainer:
         score = float(np.mean([dev[t]["main"] for t in trained])) if trained else float(step)
         self._record({"step": step, "dev": dev, "score": score})
         self._log(f"step {step}: dev " + ", ".join(f"{t} {m['main']:.4f}" for t, m in dev.items()))
-        improved = self.state.best is None or score > self.state.best["score"]
+        best = self.state.best["score"] if self.state.best else math.nan  # (a NaN score is beaten by any other)
+        improved = math.isnan(best) or score > best
         if improved:
             self.state.best = {"step": step, "score": score, "dev": dev}
         self.save(best=improved)

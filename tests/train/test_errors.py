@@ -131,3 +131,18 @@ def test_non_finite_weights_are_refused_on_load_with_their_name(trained, tiny_da
     assert_one_line(*run_cli(args, capsys), f"{ckpt / file}: tensor {name} holds", "non-finite")
     assert not os.path.exists(tmp_path / "ev" / "dev_table.md")  # no table of a broken model
     assert torch.isnan(load_file(ckpt / file)[name]).any()  # (the file as it was)
+
+
+def test_a_nan_dev_score_is_beaten_by_any_later_one(tiny, monkeypatch):
+    import math
+
+    from fastbert.tasks import metrics
+    calls, pearson = {"n": 0}, metrics.pearson
+
+    def first_nan(pred, gold):
+        calls["n"] += 1
+        return math.nan if calls["n"] == 1 else pearson(pred, gold)
+
+    monkeypatch.setattr(metrics, "pearson", first_nan)
+    result = run_stage("single", **{**tiny, "eval_every": 1}, task="sts", max_steps=3)
+    assert math.isfinite(result["best"]["score"]) and result["best"]["step"] > 1
