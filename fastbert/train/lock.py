@@ -22,8 +22,10 @@ class RunLock:
     def __init__(self, run_dir: str):
         self.run_dir, self.path = run_dir, os.path.join(run_dir, NAME)
         self.fd: int | None = None
+        self.created = False  # the directory did not exist before acquire()
 
     def acquire(self) -> "RunLock":
+        self.created = not os.path.isdir(self.run_dir)
         os.makedirs(self.run_dir, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -43,10 +45,17 @@ class RunLock:
         return self
 
     def release(self) -> None:
-        if self.fd is not None:
-            os.ftruncate(self.fd, 0)  # no holder named; the file stays (unlinking it would race a waiting run)
-            os.close(self.fd)
-            self.fd = None
+        """Unlock; a directory that acquire() created and nothing else wrote to is removed (a command that
+        failed early leaves no empty run for --resume to pick)."""
+        if self.fd is None:
+            return
+        os.ftruncate(self.fd, 0)  # no holder named; the file stays (unlinking it would race a waiting run)
+        if self.created and os.listdir(self.run_dir) == [NAME]:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+                os.rmdir(self.run_dir)
+        os.close(self.fd)
+        self.fd = None
 
     def _busy(self, holder: tuple[int, str] | None) -> str:
         who = f"pid {holder[0]} on {holder[1]}" if holder else "another process"

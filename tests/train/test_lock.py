@@ -47,3 +47,10 @@ def test_the_lock_names_its_holder_and_excludes_others_in_one_process(tmp_path):
     first.release()
     with lock.held(str(tmp_path)):
         pass
+
+
+def test_a_command_that_fails_early_leaves_no_run_directory(tiny):
+    from fastbert.train import config
+    with pytest.raises(config.ConfigError, match="beyond the encoder's 512 positions"):
+        run_stage("single", **{**tiny, "max_length": 1000}, task="sts")
+    assert not os.path.exists(tiny["run_dir"])  # (--resume would pick an empty newest run directory)
