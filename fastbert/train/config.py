@@ -18,6 +18,7 @@ import yaml
 
 from fastbert import tasks as tasks_mod
 from fastbert.backend import BACKENDS
+from fastbert.config import BertConfig
 from fastbert.errors import UserError
 from fastbert.tasks.base import POOLING
 from fastbert.train import loop
@@ -207,6 +208,34 @@ RULES: dict[str, Rule] = {
 }
 
 
+def _fraction(closed_low: bool) -> Rule:
+    return Rule(f"a number in {'[' if closed_low else '('}0, 1)",
+                lambda v: _is_number(v) and (0 <= v if closed_low else 0 < v) and v < 1)
+
+
+# The type and range of the settings of a task section (`quora: {...}`) that its kind's DEFAULTS hold
+# (fastbert/tasks/<kind>.py; a test checks each has one); the kind's class checks how they combine (a
+# cross-encoder's loss), the readers the data layout (train, text, label, ...). Shared keys (max_length,
+# batch_size, pooling, freeze_encoder) follow RULES.
+TASK_RULES: dict[str, Rule] = {
+    "num_labels": _int(2),
+    "dropout": _fraction(closed_low=True),
+    "encoder": _one_of(("bi", "cross")),
+    "loss": Rule("a loss name (see the task's kind)", lambda v: isinstance(v, str)),
+    "margin": _number(0, above=False),
+    "mnr_scale": _number(0, above=True),
+    "threshold": Rule("a number, or null (the loss's default)", lambda v: v is None or _is_number(v)),
+    "score_max": _number(0, above=True),
+    "temperature": _number(0, above=True),
+    "entailment": _int(0),
+    "contradiction": _int(0),
+    "block_size": _int(2),
+    "mask_prob": _fraction(closed_low=False),
+    "holdout": _fraction(closed_low=True),
+    "sources": Rule("a list of task names or text files", _names),
+}
+
+
 class ConfigError(UserError, ValueError):
     """A bad setting or recipe: the message names the key, the value and what is allowed."""
 
@@ -329,9 +358,9 @@ def check(cfg: dict) -> None:
         if key in tasks_mod.TASKS or key in names or (isinstance(value, dict) and "kind" in value):
             if not isinstance(value, dict):
                 raise ConfigError(f"task settings {key!r} must be a mapping, got {value!r}")
-            for k, v in value.items():  # the run-wide settings a task may set for itself
-                if k in RULES:
-                    check_value(f"{key}.{k}", v, RULES[k])
+            for k, v in value.items():
+                if k in RULES or k in TASK_RULES:
+                    check_value(f"{key}.{k}", v, RULES.get(k) or TASK_RULES[k])
             continue
         raise ConfigError(f"unknown setting {key!r} (not a setting nor a task; see fastbert/train/config.py)")
     for key in ("task", "tasks", "eval_tasks"):
@@ -340,6 +369,7 @@ def check(cfg: dict) -> None:
                 raise ConfigError(f"setting {key}: unknown task {name!r}; allowed: {', '.join(tasks_mod.TASKS)}, "
                                   f"or a task defined by a section with a `kind` ({name}: {{kind: classify, ...}})")
     check_device(cfg)
+    check_tasks(cfg, [*cfg["tasks"], *(cfg.get("eval_tasks") or [])])
     if cfg["stage"] not in ("evaluate", "predict", "chain") and not cfg["tasks"]:
         raise ConfigError(f"stage {cfg['stage']!r} needs tasks (--tasks sst,quora,sts)")
     if cfg["stage"] == "single" and len(cfg["tasks"]) != 1:
@@ -359,6 +389,21 @@ def check_device(cfg: dict) -> None:
         loop.precision(cfg, loop.device_of(cfg))
     except ValueError as e:
         raise ConfigError(f"setting precision: {cfg['precision']!r} is not allowed here: {e}") from None
+
+
+_PROBE = BertConfig(vocab_size=8, hidden_size=4, num_hidden_layers=1, num_attention_heads=1, intermediate_size=4)
+
+
+def check_tasks(cfg: dict, names: list[str]) -> None:
+    """Each task's settings as its head takes them (encoder, loss, labels, ...): the head is built on a tiny
+    stand-in encoder config, so nothing loads and the RNG is left as it was."""
+    for name in dict.fromkeys(names):
+        try:
+            with torch.random.fork_rng(devices=[]):
+                tasks_mod.build(name, task_settings(cfg, name), _PROBE)
+        except (ValueError, TypeError, KeyError) as e:
+            msg = " ".join(str(e).split())
+            raise ConfigError(f"setting {msg if msg.startswith(name) else f'{name}: {msg}'}") from None
 
 
 def check_value(key: str, value, rule: Rule | None = None) -> None:

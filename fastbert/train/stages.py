@@ -82,7 +82,7 @@ def check_lengths(cfg: dict, names: list[str], source: str | None) -> None:
     if source is None and cfg["model"]:
         try:
             limit = BertConfig(**cfg["model"]).max_position_embeddings
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise config.ConfigError(f"setting model: {cfg['model']!r}: {e}") from None
     else:
         try:

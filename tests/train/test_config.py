@@ -202,3 +202,24 @@ def test_recipe_floats_without_a_dot_and_broken_yaml(tmp_path):
     with pytest.raises(config.ConfigError, match=rf"{path}: not a YAML recipe \(") as e:
         config.load_recipe(str(path))
     assert "\n" not in str(e.value)
+
+
+def test_every_task_setting_has_a_rule_that_its_default_follows():
+    from fastbert import tasks
+    for kind, (_, defaults, _) in tasks.KINDS.items():
+        for key, value in defaults.items():
+            config.check_value(f"{kind}.{key}", value, config.TASK_RULES[key])
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"quora": {"encoder": "foo"}}, "setting quora.encoder: 'foo' is not allowed; expected one of bi, cross"),
+    ({"quora": {"encoder": "cross", "loss": "mnr"}}, "setting quora: loss 'mnr' is not one of"),
+    ({"quora": {"num_labels": 0}}, "setting quora.num_labels: 0 is not allowed; expected an integer >= 2"),
+    ({"sts": {"dropout": 1.5}}, r"setting sts.dropout: 1.5 is not allowed; expected a number in \[0, 1\)"),
+    ({"tasks": ["mlm"], "mlm": {"block_size": -1}}, "setting mlm.block_size: -1 is not allowed"),
+    ({"tasks": ["mlm"], "mlm": {"mask_prob": 0}}, r"setting mlm.mask_prob: 0 is not allowed; expected a number in \(0"),
+    ({"tasks": ["simcse"], "simcse": {"temperature": 0}}, "setting simcse.temperature: 0 is not allowed"),
+])
+def test_bad_task_settings_fail_in_resolve(override, message):
+    with pytest.raises(config.ConfigError, match=message):
+        config.resolve("multitask", None, override)
