@@ -98,6 +98,16 @@ def check_lengths(cfg: dict, names: list[str], source: str | None) -> None:
                                      f"expected an integer in 1..{limit}")
 
 
+def check_resumable(cfg: dict, resume: str) -> None:
+    """The settings a checkpoint's trainer state is made of (data positions per task, the routine's state)
+    are the run's: a resume cannot change them."""
+    saved = checkpoint.saved_config(resume) or {}
+    for key in ("tasks", "routine"):
+        if key in saved and saved[key] != cfg[key]:
+            raise config.ConfigError(f"setting {key}: {cfg[key]!r} is not the resumed run's {saved[key]!r} "
+                                     f"({resume}); resume with it, or start a new run from it with --init {resume}")
+
+
 def _encode(model, name, examples):
     task = model.tasks[name]
     return task.encode(examples, model.tokenizer, task.cfg["max_length"])
@@ -217,6 +227,8 @@ def train(cfg: dict) -> dict:
     path, resume = _run_dir(cfg)
     config.data_dir(cfg)  # fail before the model loads
     names = _eval_names(cfg)
+    if resume:
+        check_resumable(cfg, resume)
     check_lengths(cfg, names, resume or (_checkpoint_dir(cfg["init"]) if cfg["init"] else None))
     model = build(cfg, names, source=resume)
     # the run's settings, with every task's in full: a checkpoint rebuilds its heads from them alone

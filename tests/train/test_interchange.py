@@ -10,7 +10,7 @@ import yaml
 
 from fastbert import BertConfig, BertModel
 from fastbert.errors import CheckpointError
-from fastbert.train import optim, run_stage
+from fastbert.train import config, optim, run_stage
 
 
 def tiny_encoder():
@@ -105,3 +105,17 @@ def test_a_failed_resume_leaves_the_saved_settings_and_metrics(tiny):
     open(trainer, "wb").write(data)
     run_stage("single", **{**settings, "lr": 1e-4}, max_steps=4, resume=True)
     assert yaml.safe_load(open(os.path.join(run_dir, "config.yaml")))["lr"] == 1e-4
+
+
+def test_a_resume_that_changes_the_tasks_or_routine_is_refused_with_one_line(tiny):
+    settings = {**tiny, "tasks": ["sts", "sst"]}
+    run_stage("multitask", **settings, max_steps=2)
+    run_dir = tiny["run_dir"]
+    before = open(os.path.join(run_dir, "config.yaml")).read()
+    last = os.path.realpath(os.path.join(run_dir, "last"))
+    with pytest.raises(config.ConfigError, match=rf"setting routine: 'pcgrad' is not the resumed run's 'additive' "
+                                                 rf"\({re.escape(last)}\)"):
+        run_stage("multitask", **settings, max_steps=3, routine="pcgrad", resume=True)  # (KeyError: 'rng' before)
+    with pytest.raises(config.ConfigError, match=r"setting tasks: \['sts', 'quora'\] is not the resumed run's"):
+        run_stage("multitask", **{**settings, "tasks": ["sts", "quora"]}, max_steps=3, resume=True)
+    assert open(os.path.join(run_dir, "config.yaml")).read() == before
