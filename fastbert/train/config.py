@@ -2,7 +2,8 @@
 
 Top-level keys are the settings below; a key named after a task holds that task's settings
 (`quora: {encoder: cross}`, on the command line `--quora.encoder cross`), see fastbert.tasks. RULES holds
-each setting's type and range; resolve() checks them all (and the device) before anything loads.
+each setting's type and range; resolve() checks them all before anything loads (stages.check_device the
+device and precision on this machine).
 """
 from __future__ import annotations
 
@@ -21,8 +22,6 @@ from fastbert.backend import BACKENDS
 from fastbert.config import BertConfig
 from fastbert.errors import UserError
 from fastbert.tasks.base import POOLING
-from fastbert.train import loop
-from fastbert.train.loop import PRECISIONS
 from fastbert.train.optim import OPTIMIZERS, SCHEDULES
 from fastbert.train.routines import ROUTINES
 
@@ -368,27 +367,11 @@ def check(cfg: dict) -> None:
             if name not in tasks_mod.TASKS and "kind" not in (cfg.get(name) or {}):
                 raise ConfigError(f"setting {key}: unknown task {name!r}; allowed: {', '.join(tasks_mod.TASKS)}, "
                                   f"or a task defined by a section with a `kind` ({name}: {{kind: classify, ...}})")
-    check_device(cfg)
     check_tasks(cfg, [*cfg["tasks"], *(cfg.get("eval_tasks") or [])])
     if cfg["stage"] not in ("evaluate", "predict", "chain") and not cfg["tasks"]:
         raise ConfigError(f"stage {cfg['stage']!r} needs tasks (--tasks sst,quora,sts)")
     if cfg["stage"] == "single" and len(cfg["tasks"]) != 1:
         raise ConfigError(f"stage 'single' trains one task; got {cfg['tasks']} (use multitask)")
-
-
-def check_device(cfg: dict) -> None:
-    """The device exists here, and the precision runs on it with the optimizer."""
-    device = cfg["device"]
-    if device.startswith("cuda"):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(device[5:]) if ":" in device else 0
-        if index >= count:
-            raise ConfigError(f"setting device: {device!r} is not available here ({count} CUDA devices); expected "
-                              "auto or cpu" + (f", or cuda:0..cuda:{count - 1}" if count else ""))
-    try:
-        loop.precision(cfg, loop.device_of(cfg))
-    except ValueError as e:
-        raise ConfigError(f"setting precision: {cfg['precision']!r} is not allowed here: {e}") from None
 
 
 _PROBE = BertConfig(vocab_size=8, hidden_size=4, num_hidden_layers=1, num_attention_heads=1, intermediate_size=4)

@@ -10,6 +10,7 @@ the dev table of the best checkpoint. Python API:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import os
@@ -209,12 +210,29 @@ def _run_dir(cfg: dict) -> tuple[str, str | None]:
     return path, last if cfg["resume"] else None
 
 
+def check_device(cfg: dict) -> None:
+    """The device exists here, and the precision runs on it with the optimizer (before anything loads)."""
+    device = cfg["device"]
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device[5:]) if ":" in device else 0
+        if index >= count:
+            raise config.ConfigError(f"setting device: {device!r} is not available here ({count} CUDA devices); "
+                                     "expected auto or cpu" + (f", or cuda:0..cuda:{count - 1}" if count else ""))
+    try:
+        loop.precision(cfg, loop.device_of(cfg))
+    except ValueError as e:
+        raise config.ConfigError(f"setting precision: {cfg['precision']!r} is not allowed here: {e}") from None
+
+
 def locked(stage):
-    """The stage with its run directory locked while it runs: two runs never share a directory."""
+    """The stage, once the device is checked, with its run directory locked while it runs (by the main
+    process of a distributed run): two runs never share a directory."""
     @functools.wraps(stage)
     def run(cfg: dict) -> dict:
+        check_device(cfg)
         path = cfg["run_dir"] or default_dir(cfg["stage"], cfg.get("resume", False))
-        with lock.held(path):
+        with lock.held(path) if loop.is_main_process() else contextlib.nullcontext():
             return stage({**cfg, "run_dir": path})
 
     return run

@@ -206,8 +206,8 @@ def test_recipe_floats_without_a_dot_and_broken_yaml(tmp_path):
 
 def test_every_task_setting_has_a_rule_that_its_default_follows():
     from fastbert import tasks
-    for kind, (_, defaults, _) in tasks.KINDS.items():
-        for key, value in defaults.items():
+    for kind, record in tasks.KINDS.items():
+        for key, value in record.defaults.items():
             config.check_value(f"{kind}.{key}", value, config.TASK_RULES[key])
 
 
