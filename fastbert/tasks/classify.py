@@ -27,5 +27,9 @@ class Classify(Task):
     def predict(self, encode, batch):
         return self.logits(encode, batch).argmax(-1)
 
+    def proba(self, encode, batch):
+        """Class probabilities [n, num_labels], fp32."""
+        return self.logits(encode, batch).float().softmax(-1)
+
     def score(self, pred, gold):
         return {"accuracy": metrics.accuracy(pred, gold)}

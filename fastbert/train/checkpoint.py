@@ -16,6 +16,7 @@ complete newest step directory, which `find_last` falls back to).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import torch
@@ -24,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from fastbert import pretrained
 from fastbert._io import atomic_write
-from fastbert.errors import CheckpointError, WriteError
+from fastbert.errors import CheckpointError, NotFoundError, WriteError
 from fastbert.model import BertForMaskedLM
 
 
@@ -136,6 +137,25 @@ def read_heads(path: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: cannot read task heads ({type(e).__name__}: {e})") from None
     pretrained.check_finite(state, path)
     return state
+
+
+_CHAIN_LINK = re.compile(r"^(\d+)-\w+$")
+
+
+def resolve_dir(path: str | os.PathLike) -> str:
+    """The checkpoint a path names: itself (config.json inside), a run directory's best/ (else last/), or a
+    chain root's last link's."""
+    path = os.fspath(path)
+    for sub in ("", "best", "last"):
+        d = os.path.join(path, sub)
+        if os.path.exists(os.path.join(d, "config.json")):
+            return os.path.realpath(d)
+    links = sorted((int(m[1]), name) for name in (os.listdir(path) if os.path.isdir(path) else [])
+                   if (m := _CHAIN_LINK.match(name)) and os.path.isdir(os.path.join(path, name)))
+    if links:
+        return resolve_dir(os.path.join(path, links[-1][1]))
+    raise NotFoundError(f"{path}: not a checkpoint (no config.json), a run directory with best/ or last/, "
+                        "nor a chain root with <i>-<stage>/ links")
 
 
 def link(run_dir: str, name: str, target: str) -> None:

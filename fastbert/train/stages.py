@@ -283,12 +283,7 @@ def train(cfg: dict) -> dict:
 
 
 def _checkpoint_dir(path: str) -> str:
-    """A checkpoint directory: the path itself, or a run directory's best (else last)."""
-    for sub in ("", "best", "last"):
-        d = os.path.join(path, sub)
-        if os.path.exists(os.path.join(d, "config.json")):
-            return os.path.realpath(d)
-    raise NotFoundError(f"{path}: not a checkpoint (no config.json) nor a run directory with best/ or last/")
+    return checkpoint.resolve_dir(path)
 
 
 def _for_checkpoint(cfg: dict) -> tuple[loop.Model, Run, list[str]]:
