@@ -6,11 +6,15 @@ encoder: "cross"  one sequence [CLS] a [SEP] b [SEP] -> dropout + linear -> cros
                     cosine_mse   (cos(u, v) - label)^2                      (binary labels)
                     contrastive  margin loss on cosine distance             (binary labels)
                     mnr          multiple negatives ranking over positive pairs (binary labels)
-The cosine losses predict "same" when cos(u, v) > threshold (default: 0.5, or for the margin loss
-halfway between the positives' distance 0 and the margin: 1 - margin / 2).
+The cosine losses predict "same" when cos(u, v) > threshold: a fixed `threshold` setting, else the one
+with the best accuracy on up to CALIBRATION training pairs (`calibration`, set by the training driver),
+chosen again before each evaluation and saved with the head (buffer `threshold`; before any choice: 0.5,
+or for the margin loss halfway between the positives' distance 0 and the margin, 1 - margin / 2).
 """
 from __future__ import annotations
 
+import numpy as np
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -26,10 +30,29 @@ LOSSES = {
     "contrastive": lambda task, e, y: losses.margin_contrastive(e[0], e[1], y, task.cfg["margin"]),
     "mnr": lambda task, e, y: losses.multiple_negatives_ranking(e[0], e[1], y == 1, task.cfg["mnr_scale"]),
 }
+CALIBRATION = 2000  # training pairs a cosine loss's threshold is chosen on
+
+
+def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The cut t with the highest accuracy of (scores > t) against binary labels [n]: the midpoint
+    between two neighbouring scores (ties: the highest such cut)."""
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    # k top scores called positive: correct = positives among them + negatives after them
+    correct = np.concatenate([[0], np.cumsum(y)]) + np.concatenate([[(~y).sum()], (~y).sum() - np.cumsum(~y)])
+    distinct = np.concatenate([[True], s[1:] < s[:-1], [True]])  # a cut must fall between different scores
+    k = int(np.argmax(np.where(distinct, correct, -1)))
+    if k == 0:
+        return float(s[0]) + 1e-6
+    if k == len(s):
+        return float(s[-1]) - 1e-6
+    return float((s[k - 1] + s[k]) / 2)
 
 
 class PairClassify(Task):
     metric = "accuracy"
+    optional_state = ("threshold",)  # checkpoints from before the threshold was saved keep the default
 
     def __init__(self, name, cfg, config):
         super().__init__(name, cfg, config)
@@ -47,8 +70,12 @@ class PairClassify(Task):
             width = self.hidden_size if self.cross else 3 * self.hidden_size
             self.head = nn.Sequential(nn.Dropout(cfg["dropout"]), nn.Linear(width, n))
         threshold = cfg.get("threshold")
-        self.threshold = threshold if threshold is not None else (
-            1.0 - cfg["margin"] / 2 if self.loss_name == "contrastive" else 0.5)
+        self.fixed_threshold = threshold is not None
+        self.calibration = None  # a Loader of training pairs the threshold is chosen on (cosine losses)
+        if self.loss_name != "softmax":
+            default = threshold if threshold is not None else (
+                1.0 - cfg["margin"] / 2 if self.loss_name == "contrastive" else 0.5)
+            self.register_buffer("threshold", torch.tensor(float(default)))
 
     def _logits(self, e):
         return self.head(e[0] if self.cross else losses.pair_features(e[0], e[1])).float()
@@ -61,6 +88,34 @@ class PairClassify(Task):
         if self.loss_name == "softmax":
             return self._logits(e).argmax(-1)
         return (F.cosine_similarity(e[0], e[1], dim=-1) > self.threshold).long()
+
+    def proba(self, encode, batch):
+        """Class probabilities [n, num_labels], fp32 (softmax loss only)."""
+        return self._logits(self.embed(encode, batch)).softmax(-1)
+
+    @property
+    def calibrates(self) -> bool:
+        """Whether the threshold is chosen on training data (a cosine loss without a fixed threshold)."""
+        return self.loss_name != "softmax" and not self.fixed_threshold
+
+    @torch.no_grad()
+    def choose_threshold(self, encode, loader) -> float:
+        """Set the threshold to the best cut of cos(u, v) on a loader's labelled pairs; returns it."""
+        cos, gold = [], []
+        for b in loader:
+            e = self.embed(encode, b.to(self.threshold.device))
+            cos.append(F.cosine_similarity(e[0], e[1], dim=-1).float().cpu().numpy())
+            gold.append(b.labels.cpu().numpy())
+        self.threshold.fill_(best_threshold(np.concatenate(cos), np.concatenate(gold)))
+        return float(self.threshold)
+
+    def evaluate(self, encode, loader, progress=None):
+        if self.calibrates and self.calibration is not None:
+            self.choose_threshold(encode, self.calibration)
+        metrics, preds = super().evaluate(encode, loader, progress)
+        if self.loss_name != "softmax" and metrics:
+            metrics["threshold"] = float(self.threshold)
+        return metrics, preds
 
     def score(self, pred, gold):
         return {"accuracy": metrics.accuracy(pred, gold)}

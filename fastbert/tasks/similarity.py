@@ -4,6 +4,7 @@ encoder: "bi"     Sentence-BERT, no parameters: predict score_max * cos(u, v); l
                     cosine_mse   (score_max * cos(u, v) - score)^2
                     contrastive  margin loss on cosine distance with label score / score_max
          "cross"  one sequence [CLS] a [SEP] b [SEP] -> dropout + linear -> one score, squared error
+Predictions are clipped to the task's score_range (else [0, score_max]).
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ class Similarity(Task):
             raise ValueError(f"{name}: a bi-encoder takes a loss in {tuple(LOSSES)}, got {self.loss_name!r}")
         self.cross = self.kind == "cross"
         self.head = nn.Sequential(nn.Dropout(cfg["dropout"]), nn.Linear(self.hidden_size, 1)) if self.cross else None
+        self.score_range = tuple(float(x) for x in (cfg.get("score_range") or (0.0, self.score_max)))
 
     def loss(self, encode, batch):
         e, y = self.embed(encode, batch), batch.labels
@@ -42,10 +44,13 @@ class Similarity(Task):
         return LOSSES[self.loss_name](self, e, y)
 
     def predict(self, encode, batch):
+        """Scores [n] in score_range."""
         e = self.embed(encode, batch)
         if self.cross:
-            return self.head(e[0]).float().squeeze(-1)
-        return self.score_max * F.cosine_similarity(e[0], e[1], dim=-1)
+            raw = self.head(e[0]).float().squeeze(-1)
+        else:
+            raw = self.score_max * F.cosine_similarity(e[0], e[1], dim=-1)
+        return raw.clamp(*self.score_range)
 
     def score(self, pred, gold):
         return {"pearson": metrics.pearson(pred, gold)}

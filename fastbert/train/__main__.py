@@ -32,6 +32,9 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 0
     stage, rest = argv[0], argv[1:]
+    if any(a in ("-h", "--help") for a in rest):
+        print(stage_help(stage))
+        return 0
     overrides = config.parse_overrides(rest)
     recipe_name = overrides.pop("config", None)
     show = overrides.pop("print_config", False)
@@ -57,6 +60,27 @@ def main(argv: list[str]) -> int:
         return 0
     stages.STAGES[stage](cfg)
     return 0
+
+
+def stage_help(stage: str) -> str:
+    """A stage's settings: each with its value in the stage's packaged recipe (else the default) and the
+    comment config.py gives it."""
+    import inspect
+    import re
+
+    if stage == "chain":
+        return __doc__ + "\nchain: the settings of a `chain:` recipe's links (see each stage's --help); " \
+                         "--key value overrides win over the recipe's and its links' settings."
+    cfg = config.resolve(stage)
+    notes = dict(re.findall(r'^\s+"(\w+)": .*?#\s*(.*)$', inspect.getsource(config), re.M))
+    lines = [f"python -m fastbert.train {stage} [--config recipe.yaml] [--key value ...]", "",
+             f"settings (values of the packaged {stage} recipe, else the defaults; task sections as --task.key):"]
+    for key, value in cfg.items():
+        if key in ("stage", "chain"):
+            continue
+        shown = yaml.safe_dump(value, default_flow_style=True, width=1 << 20).strip().removesuffix("\n...")
+        lines.append(f"  --{key} {shown}" + (f"    # {notes[key]}" if key in notes else ""))
+    return "\n".join(lines)
 
 
 def cli(argv: list[str]) -> int:

@@ -5,7 +5,8 @@
                                         head included, when the run trains an MLM head), tokenizer.json
         heads.safetensors               the other task heads, keys "<task>.<parameter>"
         trainer.pt                      step, optimizer, scheduler, loss scaler, RNG states, data positions,
-                                        routine state, best score (what --resume needs)
+                                        routine state, best score (what --resume needs; `last` only: a
+                                        `best` that is not `last` holds the weights alone)
         fastbert.yaml                   the run's resolved settings (evaluate / predict rebuild tasks from it)
     run_dir/last, run_dir/best          symlinks to step directories
 
@@ -115,11 +116,13 @@ def load_heads(directory: str, model) -> list[str]:
     for name, task in model.tasks.items():
         if task.cfg["kind"] == "mlm":  # BertForMaskedLM layout: the head sits with the encoder
             raw = pretrained.to_fastbert(pretrained.read_state_dict(directory))
-            part = {k[len("cls."):]: v for k, v in raw.items() if k.startswith("cls.")}
+            part = {"head." + k[len("cls."):]: v for k, v in raw.items() if k.startswith("cls.")}
         else:
             part = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
         if not part:
             continue
+        optional = {k: v for k, v in task.state_dict().items() if k in getattr(task, "optional_state", ())}
+        part = {**optional, **part}
         try:
             task.load_state_dict(part)
         except RuntimeError as e:
@@ -163,13 +166,16 @@ def link(run_dir: str, name: str, target: str) -> None:
 
 
 def prune(run_dir: str) -> None:
-    """Delete step directories that neither `last` nor `best` points at."""
-    keep = {os.path.realpath(os.path.join(run_dir, n)) for n in ("last", "best")}
+    """Delete step directories that neither `last` nor `best` points at, and the trainer state (optimizer
+    moments: most of a checkpoint's size) of a `best` that is no longer `last`: only `last` is resumed."""
+    last, best = (os.path.realpath(os.path.join(run_dir, n)) for n in ("last", "best"))
     root = os.path.join(run_dir, "checkpoints")
     for d in os.listdir(root):
         path = os.path.join(root, d)
-        if os.path.realpath(path) not in keep:
+        if os.path.realpath(path) not in (last, best):
             shutil.rmtree(path, ignore_errors=True)
+    if best != last and os.path.exists(os.path.join(best, "trainer.pt")):
+        os.unlink(os.path.join(best, "trainer.pt"))
 
 
 def find_last(run_dir: str) -> str | None:

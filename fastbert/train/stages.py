@@ -28,6 +28,7 @@ from fastbert.data.batching import Encoded, Loader
 from fastbert.errors import CheckpointError, NotFoundError, RunDirError
 from fastbert.model import BertModel
 from fastbert.pretrained import default_path
+from fastbert.tasks import pair as pair_task
 from fastbert.tokenizer import BertTokenizer
 from fastbert.train import checkpoint, config, lock, loop, optim
 from fastbert.train.run import Run, default_dir, dev_table
@@ -67,10 +68,7 @@ def build(cfg: dict, names: list[str], source: str | None = None) -> loop.Model:
         raise ValueError(f"the tokenizer ({tok_dir}) has {tokenizer.vocab_size} tokens, the encoder "
                          f"{encoder.config.vocab_size}")
     saved = checkpoint.saved_config(source) if source else None
-    heads = {}
-    for name in names:  # a head this run does not train keeps the settings it was trained with
-        settings = config.task_settings(saved if saved and name not in cfg["tasks"] else cfg, name)
-        heads[name] = tasks_mod.build(name, settings, encoder.config)
+    heads = {name: tasks_mod.build(name, head_settings(cfg, saved, name), encoder.config) for name in names}
     model = loop.Model(encoder, heads, tokenizer)
     loaded = checkpoint.load_heads(source, model) if source else []
     model.untrained = [n for n in names if n not in loaded and n not in cfg["tasks"]
@@ -109,6 +107,27 @@ def check_resumable(cfg: dict, resume: str) -> None:
                                      f"({resume}); resume with it, or start a new run from it with --init {resume}")
 
 
+# what makes a head: a checkpoint's head keeps these; other task settings (data files, columns, max_length)
+# may come from this run's settings
+HEAD_KEYS = ("kind", "encoder", "loss", "num_labels", "pooling", "score_max", "margin", "mnr_scale")
+
+
+def head_settings(cfg: dict, saved: dict | None, name: str) -> dict:
+    """Task `name`'s settings. A task this run trains, or one the checkpoint (settings `saved`) has no head
+    for: this run's. A head the checkpoint has: its HEAD_KEYS from the checkpoint, the rest from this run's
+    task section over the checkpoint's; asking for another head (`--sts.encoder cross` on a bi-encoder
+    head) is a ConfigError."""
+    if not saved or name in cfg["tasks"] or name not in _eval_names(saved):
+        return config.task_settings(cfg, name)
+    trained = config.task_settings(saved, name)
+    asked = cfg.get(name) or {}
+    for key in HEAD_KEYS:
+        if key in asked and asked[key] != trained.get(key):
+            raise config.ConfigError(f"task {name!r}: the checkpoint's head has {key} {trained.get(key)!r}, "
+                                     f"not {asked[key]!r} ({name}.{key}); evaluate the head it has, or train one")
+    return {**trained, **asked}
+
+
 def _encode(model, name, examples):
     task = model.tasks[name]
     return task.encode(examples, model.tokenizer, task.cfg["max_length"])
@@ -142,6 +161,7 @@ def load_data(cfg: dict, model: loop.Model, run: Run | None, train: list[str], e
             held_out[name], data = data.subset(np.sort(order[:n_dev])), data.subset(np.sort(order[n_dev:]))
         loaders[name] = Loader(data, model.tokenizer, s["batch_size"], shuffle=True, seed=_seed(cfg, name),
                                packed=cfg["packed"])
+        _set_calibration(cfg, model, name, data)
         log(f"{name}: {len(data)} training examples, {len(loaders[name])} batches of {s['batch_size']}")
     out = {}
     for split in splits:
@@ -162,6 +182,15 @@ def load_data(cfg: dict, model: loop.Model, run: Run | None, train: list[str], e
             out[split][name] = Loader(data, model.tokenizer, cfg["eval_batch_size"], shuffle=False,
                                       seed=_seed(cfg, name), packed=cfg["packed"])
     return loaders, out
+
+
+def _set_calibration(cfg: dict, model: loop.Model, name: str, data: Encoded) -> None:
+    """A task that picks its decision threshold on training data (pair: cosine losses) gets a seeded slice of
+    it, in evaluation batches."""
+    task = model.tasks[name]
+    if getattr(task, "calibrates", False):
+        part = _subset(data, pair_task.CALIBRATION, _seed(cfg, name) + 1)
+        task.calibration = Loader(part, model.tokenizer, cfg["eval_batch_size"], shuffle=False, packed=cfg["packed"])
 
 
 def _eval_names(cfg: dict, saved: dict | None = None) -> list[str]:
@@ -286,23 +315,28 @@ def _checkpoint_dir(path: str) -> str:
     return checkpoint.resolve_dir(path)
 
 
-def _for_checkpoint(cfg: dict) -> tuple[loop.Model, Run, list[str]]:
+def _for_checkpoint(cfg: dict) -> tuple[dict, loop.Model, Run, list[str]]:
+    """(settings, model, run, tasks) of evaluate / predict; settings take the checkpoint's skip_bad_rows."""
     source = _checkpoint_dir(cfg["init"]) if cfg["init"] else None
     saved = checkpoint.saved_config(source) if source else None
-    names = _eval_names(cfg, saved) or ["sst", "quora", "sts"]
+    if saved and saved.get("skip_bad_rows"):  # the data the checkpoint was trained on had bad rows skipped
+        cfg = {**cfg, "skip_bad_rows": True}
+    # MLM is evaluated on blocks held out of its training data only: a checkpoint is evaluated on the others
+    names = [n for n in _eval_names(cfg, saved) if head_settings(cfg, saved, n)["kind"] != "mlm"]
+    names = names or ["sst", "quora", "sts"]
     check_lengths(cfg, names, source)
     model = build(cfg, names)
     run = Run(cfg["run_dir"] or default_dir(cfg["stage"], False), {**cfg, "init": source})
     for n in model.untrained:
         run.log(f"warning: {source or 'the packaged checkpoint'} has no head for task {n}: it is random")
-    return model, run, names
+    return cfg, model, run, names
 
 
 @locked
 def evaluate(cfg: dict) -> dict:
     """Dev metrics of a checkpoint (`init`: a checkpoint or run directory; none: the packaged MiniLM)."""
     set_threads(cfg)
-    model, run, names = _for_checkpoint(cfg)
+    cfg, model, run, names = _for_checkpoint(cfg)
     _, evals = load_data(cfg, model, run, [], names)
     device = loop.device_of(cfg)
     dev, _ = _evaluate(cfg, model, evals["dev"], device)
@@ -317,7 +351,7 @@ def evaluate(cfg: dict) -> dict:
 def predict(cfg: dict) -> dict:
     """Prediction files (CS224N format) for the dev and test files of a checkpoint's tasks."""
     set_threads(cfg)
-    model, run, names = _for_checkpoint(cfg)
+    cfg, model, run, names = _for_checkpoint(cfg)
     return {"run_dir": run.path, "files": write_predictions(cfg, model, run, names)}
 
 
@@ -357,13 +391,18 @@ def _fmt(task: str, v) -> str:
     return str(int(v)) if isinstance(v, (int, np.integer)) else f"{float(v):.6g}"
 
 
+CHAIN_KEYS = ("chain", "stage", "resume", "run_dir", "init")  # settings of the chain itself, not of its links
+
+
 def chain(recipe: dict, overrides: dict | None = None) -> dict:
     """Stages in a row, each starting from the previous one's best checkpoint.
 
     recipe: shared settings plus `chain`, a list of stage settings (each with `stage`). Each link runs in
     <run_dir>/<i>-<stage>; a finished link (dev_table.md written) is skipped when the chain resumes.
+    Settings: the recipe's shared ones < the link's < `overrides` (the command line wins everywhere).
     """
     merged = config.merge(recipe, overrides or {})
+    link_overrides = {k: v for k, v in (overrides or {}).items() if k not in CHAIN_KEYS}
     links = merged.pop("chain", None)
     if not links:
         raise config.ConfigError("a chain recipe needs `chain: [{stage: ...}, ...]`")
@@ -379,7 +418,7 @@ def chain(recipe: dict, overrides: dict | None = None) -> dict:
             raise config.ConfigError(f"chain link {i}: stage must be a training stage, got {stage!r}")
         path = os.path.join(root, f"{i}-{stage}")
         link_cfg = config.resolve(stage, config.merge(merged, link),
-                                  {"run_dir": path, "init": link.get("init", init),
+                                  {**link_overrides, "run_dir": path, "init": link.get("init", init),
                                    "resume": resume and bool(checkpoint.find_last(path))})
         if os.path.exists(os.path.join(path, "dev_table.md")):
             print(f"chain: {path} is done, skipping")
