@@ -94,6 +94,10 @@ class MultitaskModel(nn.Module):
             raise ValueError(f"unknown task {task!r}; this model has heads for: {known}")
         return self.heads[task]
 
+    def takes_pairs(self, task: str) -> bool:
+        """Whether predict(task, ...) takes (sentence, sentence) pairs (else single sentences)."""
+        return _arity(self._task(task)) == 2
+
     @torch.inference_mode()
     def encode(self, texts: Sequence[str], batch_size: int = 64, normalize: bool = False,
                progress: bool | None = None) -> torch.Tensor:
@@ -169,7 +173,7 @@ def _texts(texts, what: str) -> list[str]:
 
 def _examples(head, task: str, inputs) -> list[Example]:
     """Examples of the head's shape: one text (classify) or two (pair / similarity)."""
-    k = len(head.cfg["text"]) if head.cfg.get("text") else (1 if head.cfg["kind"] == "classify" else 2)
+    k = _arity(head)
     if isinstance(inputs, (str, tuple)) and not (k == 1 and isinstance(inputs, tuple)):
         raise TypeError(f"task {task!r} takes a list of {'sentences' if k == 1 else '(sentence, sentence) pairs'}, "
                         f"got a single {type(inputs).__name__}; wrap it in a list")
@@ -181,6 +185,11 @@ def _examples(head, task: str, inputs) -> list[Example]:
             raise TypeError(f"task {task!r}: input {i} must be {want}, got {x!r:.80}")
         out.append(Example(str(i), texts, None))
     return out
+
+
+def _arity(head) -> int:
+    """Texts per input: 1 (classify) or 2 (pair, similarity)."""
+    return 1 if head.cfg["kind"] == "classify" else 2
 
 
 def _head_names(saved: dict | None) -> list[str]:
