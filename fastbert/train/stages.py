@@ -117,7 +117,8 @@ def head_settings(cfg: dict, saved: dict | None, name: str) -> dict:
     for: this run's. A head the checkpoint has: its HEAD_KEYS from the checkpoint, the rest from this run's
     task section over the checkpoint's; asking for another head (`--sts.encoder cross` on a bi-encoder
     head) is a ConfigError."""
-    if not saved or name in cfg["tasks"] or name not in _eval_names(saved):
+    trains = name in cfg["tasks"] and cfg.get("stage") not in ("evaluate", "predict")
+    if not saved or trains or name not in _eval_names(saved):
         return config.task_settings(cfg, name)
     trained = config.task_settings(saved, name)
     asked = cfg.get(name) or {}
