@@ -121,7 +121,7 @@ def _classifier(src: str, cfg: dict, task: str):
     return head, settings
 
 
-_MODELING = '''"""Written by fastbert.export: BERT with {pooling} pooling and a linear classifier, as fastbert trained it."""
+_MODELING = '''"""Written by fastbert.export: BERT, {pooling} pooling, a linear classifier (as fastbert trained it)."""
 import torch
 from transformers import BertModel, BertPreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput

@@ -11,8 +11,9 @@ recipes: fastbert/train/recipes/ (--config takes a path or a packaged recipe's n
   python -m fastbert.train chain --config report1_best
   python -m fastbert.train predict --init runs/multitask-20250101-120000
 
---print_config shows the resolved settings and exits; --skip-bad-rows skips malformed data rows. A bad
-setting, file or run directory ends the command with one line on stderr (exit 2); --debug shows the traceback.
+--print_config shows the resolved settings and exits; `<stage> --help` lists the stage's settings with
+their values and meanings; --skip-bad-rows skips malformed data rows. A bad setting, file or run directory
+ends the command with one line on stderr (exit 2); --debug shows the traceback.
 """
 from __future__ import annotations
 
