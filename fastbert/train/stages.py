@@ -300,7 +300,9 @@ def train(cfg: dict) -> dict:
     state = loop.train(cfg, run, model, loaders, evals["dev"], resume)
     best = state["best"]
     note = (f"best checkpoint: step {best['step']} of {state['step']}"
-            + (f"; dev limited to {cfg['eval_limit']} examples per task" if cfg["eval_limit"] else ""))
+            + (f"; dev limited to {cfg['eval_limit']} examples per task" if cfg["eval_limit"] else "")
+            + "".join(f"; {t}: same when cos(u, v) > {m['threshold']:.4f} (chosen on training pairs)"
+                      for t, m in best["dev"].items() if "threshold" in m))
     table = dev_table(best["dev"], {t: model.tasks[t].metric for t in best["dev"]}, note)
     atomic_write(os.path.join(run.path, "dev_table.md"), table)
     run.record({"step": state["step"], "final": best})

@@ -113,6 +113,8 @@ def test_cosine_quora_head_stores_the_threshold_chosen_on_training_data(tiny, tm
     heads = load_file(os.path.join(trained["run_dir"], "best", "heads.safetensors"))
     threshold = float(heads["quora.threshold"])
     assert trained["best"]["dev"]["quora"]["threshold"] == pytest.approx(threshold)
+    table = open(os.path.join(trained["run_dir"], "dev_table.md")).read()
+    assert f"quora: same when cos(u, v) > {threshold:.4f}" in table
     # it is the best cut of the training pairs' cosines
     model = MultitaskModel.from_pretrained(trained["run_dir"])
     from fastbert import tasks
