@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 from fastbert import pretrained
+from fastbert.errors import UserError
 from fastbert.model import BertModel
 from fastbert.tokenizer import BertTokenizer
 
@@ -33,7 +34,7 @@ _TOKENIZER_CONFIG = {"tokenizer_class": "BertTokenizer", "unk_token": "[UNK]",
                      "model_max_length": 512}
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     pass
 
 
@@ -200,7 +201,7 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     try:
         out = sentence_transformers(args.run, args.out) if args.format != "hf" else hf(args.run, args.out, args.task)
-    except (ExportError, FileNotFoundError) as e:
+    except (UserError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(out)

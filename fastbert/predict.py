@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fastbert.errors import UserError
 
-class InputError(ValueError):
+
+class InputError(UserError, ValueError):
     pass
 
 
@@ -77,7 +79,7 @@ def main(argv: list[str]) -> int:
                 inputs = read_inputs(f, args.input, pairs)
         pred = model.predict(args.task, inputs, batch_size=args.batch_size).cpu()
         proba = model.predict_proba(args.task, inputs, batch_size=args.batch_size).cpu() if args.proba else None
-    except (InputError, ValueError, TypeError, FileNotFoundError) as e:
+    except (UserError, ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     write_tsv(sys.stdout, inputs, pred, proba)

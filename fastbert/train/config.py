@@ -177,8 +177,8 @@ RULES: dict[str, Rule] = {
     "standardize": _BOOL,
     "freeze_encoder": Rule("true, false, or [first_step >= 0, end_step or null]", _freeze),
     "optimizer": _one_of(("auto", *OPTIMIZERS)),
-    "lr": _number(0, above=True),
-    "head_lr": _number(0, above=True, null="lr"),
+    "lr": _number(0, above=False),  # 0: the weights stay as loaded (a checkpoint re-saved, a frozen baseline)
+    "head_lr": _number(0, above=False, null="lr"),
     "layer_decay": _number(0, above=True),
     "weight_decay": _number(0, above=False),
     "betas": Rule("[beta1, beta2], each a number in [0, 1)",

@@ -143,8 +143,8 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refus
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("lr", "-1", "setting lr: -1 is not allowed; expected a number > 0"),
-    ("lr", "abc", "setting lr: 'abc' is not allowed; expected a number > 0"),
+    ("lr", "-1", "setting lr: -1 is not allowed; expected a number >= 0"),
+    ("lr", "abc", "setting lr: 'abc' is not allowed; expected a number >= 0"),
     ("batch_size", "0", "setting batch_size: 0 is not allowed; expected an integer >= 1"),
     ("batch_size", "2.5", "setting batch_size: 2.5 is not allowed; expected an integer >= 1"),
     ("routine", "nonsense", "setting routine: 'nonsense' is not allowed; expected one of sequential, additive"),
