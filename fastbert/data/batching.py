@@ -5,6 +5,11 @@ of (seed, epoch): shuffle, then sort each window of `bucket` batches' worth by l
 sequences of similar length (little padding), then shuffle the batches. A Stream walks a Loader epoch
 after epoch; its position (epoch, index) is all a checkpoint needs to resume the data exactly.
 
+Several ranks (`shard=(rank, world)`): the batches, their order and their seeds are the one-process
+ones (global batches of `batch_size` examples); each rank takes a contiguous slice of every global
+batch (its share, sizes within one of each other), padded or packed on its own. The position (epoch,
+index) counts global batches, so a run resumes with any number of ranks.
+
 A batch of a bi-encoder task holds all its texts in one tokenized batch, view-major: the first texts
 of every example, then the second texts (one encoder call for u and v).
 """
@@ -79,17 +84,24 @@ class Loader:
     """Batches of one task's Encoded examples, in an order fixed by (seed, epoch)."""
 
     def __init__(self, data: Encoded, tokenizer: BertTokenizer, batch_size: int, *, shuffle: bool = True,
-                 seed: int = 0, bucket: int = 50, packed: bool = False):
+                 seed: int = 0, bucket: int = 50, packed: bool = False, shard: tuple[int, int] = (0, 1)):
         if len(data) == 0:
             raise ValueError("no examples to batch")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        rank, world = shard
+        if shuffle and batch_size % world:
+            raise ValueError(f"batch_size {batch_size} does not divide by the {world} ranks: the global batch "
+                             f"is shared equally (use a multiple of {world})")
         self.data, self.tokenizer, self.batch_size = data, tokenizer, batch_size
         self.shuffle, self.seed, self.bucket, self.packed = shuffle, seed, bucket, packed
+        self.rank, self.world = rank, world
         self._lengths = data.lengths()
 
     def __len__(self) -> int:
-        return -(-len(self.data) // self.batch_size)
+        n = len(self.data)
+        short = self.shuffle and 0 < n % self.batch_size < self.world  # a last batch some rank has no share of
+        return n // self.batch_size + int(n % self.batch_size > 0 and not short)
 
     def order(self, epoch: int) -> list[np.ndarray]:
         """Every batch of `epoch`, as arrays of example positions."""
@@ -104,9 +116,15 @@ class Loader:
             idx = np.concatenate([w[np.argsort(self._lengths[w], kind="stable")]
                                   for w in np.split(idx, range(window, n, window))])
         batches = [idx[i:i + bs] for i in range(0, n, bs)]
-        return [batches[i] for i in rng.permutation(len(batches))]
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+        return [b for b in batches if len(b) >= self.world]  # training: every rank needs a share
+
+    def share(self, idx: np.ndarray) -> np.ndarray:
+        """This rank's contiguous slice of a global batch."""
+        return idx if self.world == 1 else np.array_split(idx, self.world)[self.rank]
 
     def batch(self, idx: np.ndarray, seed: int = 0) -> TaskBatch:
+        """The TaskBatch of examples `idx` (this rank's share of a global batch; seed: the global batch's)."""
         seqs = [self.data.seqs[i] for i in idx]
         views = self.data.views
         flat = [ex[v] for v in range(views) for ex in seqs]
@@ -118,11 +136,14 @@ class Loader:
                          torch.as_tensor(idx, dtype=torch.long), seed)
 
     def __iter__(self):
+        """One epoch (epoch 0) of this rank's shares; a rank with no share of a batch skips it (evaluation)."""
         for i, idx in enumerate(self.order(0)):
-            yield self.batch(idx, seed=_mix(self.seed, 0, i))
+            mine = self.share(idx)
+            if len(mine):
+                yield self.batch(mine, seed=mix(self.seed, 0, i))
 
 
-def _mix(*xs: int) -> int:
+def mix(*xs: int) -> int:
     return int(np.random.SeedSequence([int(x) for x in xs]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
 
 
@@ -141,7 +162,8 @@ class Stream:
             self.epoch, self.index = self.epoch + 1, 0
         if self._order_epoch != self.epoch:
             self._order, self._order_epoch = self.loader.order(self.epoch), self.epoch
-        b = self.loader.batch(self._order[self.index], seed=_mix(self.loader.seed, self.epoch, self.index))
+        idx = self.loader.share(self._order[self.index])
+        b = self.loader.batch(idx, seed=mix(self.loader.seed, self.epoch, self.index))
         self.index += 1
         return b
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fastbert import collectives
 from fastbert.config import BertConfig
 from fastbert.data import batching
 from fastbert.data.readers import Example
@@ -103,13 +104,16 @@ class Task(nn.Module):
 
     @torch.no_grad()
     def evaluate(self, encode: Encode, loader: batching.Loader, progress=None) -> tuple[dict, np.ndarray]:
-        """(metrics, predictions in example order) over a loader's examples (no metrics without labels)."""
-        index, preds = [], []
+        """(metrics, predictions in example order) over a loader's examples (no metrics without labels).
+        Several ranks: each predicts its shares of the batches, and every rank gets all predictions."""
+        index, preds = [np.zeros(0, dtype=np.int64)], []
         for b in loader:
             index.append(b.index.numpy())
             preds.append(self.predict(encode, b).cpu().numpy())
             if progress is not None:
                 progress.update(1)
-        preds = np.concatenate(preds)[np.argsort(np.concatenate(index))]
+        shares = [s for s in collectives.gather_objects((np.concatenate(index), preds)) if s[1]]
+        index = np.concatenate([i for i, _ in shares])
+        preds = np.concatenate([p for _, ps in shares for p in ps])[np.argsort(index)]
         metrics = self.score(preds, np.array(loader.data.labels)) if loader.data.labels is not None else {}
         return metrics, preds

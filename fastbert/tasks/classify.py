@@ -2,10 +2,9 @@
 embedding, cross entropy, accuracy."""
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import nn
 
-from fastbert.tasks import metrics
+from fastbert.tasks import losses, metrics
 from fastbert.tasks.base import Task
 
 DEFAULTS = {"num_labels": 2, "dropout": 0.1}
@@ -22,7 +21,7 @@ class Classify(Task):
         return self.head(self.embed(encode, batch)[0])
 
     def loss(self, encode, batch):
-        return F.cross_entropy(self.logits(encode, batch).float(), batch.labels)
+        return losses.cross_entropy(self.logits(encode, batch).float(), batch.labels)
 
     def predict(self, encode, batch):
         return self.logits(encode, batch).argmax(-1)

@@ -1,8 +1,8 @@
 """Masked-language-model pretraining on any text (task sentences, CFIMDB, Yelp, plain text files).
 
 Texts are tokenized as [CLS] text [SEP], concatenated and cut into blocks of `block_size` tokens.
-Each time a block is seen, 15% of its non-special tokens are chosen (a fresh draw per batch, fixed by
-the batch's seed): 80% become [MASK], 10% a random token, 10% stay; the model predicts the originals.
+Each time a block is seen, 15% of its non-special tokens are chosen (a fresh draw each time, fixed by
+the batch's seed and the block's index): 80% become [MASK], 10% a random token, 10% stay; the model predicts the originals.
 The head (dense + GELU + LayerNorm + decoder tied to the word embeddings) runs only at chosen
 positions. The metric is masked-token accuracy.
 """
@@ -14,8 +14,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fastbert import collectives
 from fastbert.data import batching
 from fastbert.model import BertMLMHead
+from fastbert.tasks import losses
 from fastbert.tasks.base import Task
 
 DEFAULTS = {"block_size": 128, "mask_prob": 0.15, "holdout": 0.05,
@@ -41,6 +43,13 @@ def mask_tokens(input_ids: torch.Tensor, special: torch.Tensor, mask_id: int, vo
     return out, labels
 
 
+def _spans(inputs) -> list[tuple[int, int]]:
+    """(first token, real tokens) of each sequence: offsets into a packed [T] batch, 0 in a padded one."""
+    lengths = inputs.lengths.cpu().tolist()
+    starts = inputs.cu_seqlens[:-1].cpu().tolist() if inputs.cu_seqlens is not None else [0] * len(lengths)
+    return list(zip(starts, lengths))
+
+
 class MaskedLM(Task):
     metric = "accuracy"
 
@@ -60,12 +69,15 @@ class MaskedLM(Task):
         return batching.Encoded([((b, [0] * len(b)),) for b in blocks], None, [str(i) for i in range(len(blocks))])
 
     def _masked(self, batch):
-        g = torch.Generator().manual_seed(batch.seed)
+        """Each sequence masked by its own draw, keyed by (batch seed, example index): the same masks
+        however the batch is padded, packed or shared between ranks."""
         ids = batch.inputs.input_ids
-        inputs, labels = mask_tokens(ids.cpu(), self._special, self._mask_id, self.vocab_size,
-                                     self.cfg["mask_prob"], g)
-        if batch.inputs.attention_mask is not None:
-            labels = labels.masked_fill(batch.inputs.attention_mask.cpu() == 0, -100)
+        inputs, labels = ids.cpu().clone(), torch.full(ids.shape, -100, dtype=ids.dtype)
+        for j, (start, span) in enumerate(_spans(batch.inputs)):
+            g = torch.Generator().manual_seed(batching.mix(batch.seed, int(batch.index[j])))
+            row = (j, slice(0, span)) if ids.dim() == 2 else slice(start, start + span)
+            inputs[row], labels[row] = mask_tokens(inputs[row], self._special, self._mask_id, self.vocab_size,
+                                                   self.cfg["mask_prob"], g)
         return dataclasses.replace(batch.inputs, input_ids=inputs.to(ids.device)), labels.to(ids.device)
 
     def _logits(self, encode, batch):
@@ -77,9 +89,7 @@ class MaskedLM(Task):
 
     def loss(self, encode, batch):
         logits, target = self._logits(encode, batch)
-        if len(target) == 0:
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits, target)
+        return losses.cross_entropy(logits, target)
 
     @torch.no_grad()
     def evaluate(self, encode, loader, progress=None):
@@ -92,5 +102,6 @@ class MaskedLM(Task):
             total += len(target)
             if progress is not None:
                 progress.update(1)
+        correct, nll, total = collectives.sum_([correct, nll, total])  # every rank's share of the dev blocks
         total = max(total, 1)
         return {"accuracy": correct / total, "loss": nll / total}, np.array([])

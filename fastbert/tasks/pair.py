@@ -25,7 +25,7 @@ DEFAULTS = {"num_labels": 2, "encoder": "bi", "loss": "softmax", "dropout": 0.1,
             "threshold": None}
 # loss name -> the loss of a PairClassify task, its embeddings e ((u, v); (pair,) for a cross-encoder), labels y
 LOSSES = {
-    "softmax": lambda task, e, y: F.cross_entropy(task._logits(e), y),
+    "softmax": lambda task, e, y: losses.cross_entropy(task._logits(e), y),
     "cosine_mse": lambda task, e, y: losses.cosine_mse(e[0], e[1], y),
     "contrastive": lambda task, e, y: losses.margin_contrastive(e[0], e[1], y, task.cfg["margin"]),
     "mnr": lambda task, e, y: losses.multiple_negatives_ranking(e[0], e[1], y == 1, task.cfg["mnr_scale"]),

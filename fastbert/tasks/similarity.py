@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
+from fastbert import collectives
 from fastbert.tasks import losses, metrics
 from fastbert.tasks.base import Task
 
@@ -40,7 +41,7 @@ class Similarity(Task):
     def loss(self, encode, batch):
         e, y = self.embed(encode, batch), batch.labels
         if self.cross:
-            return F.mse_loss(self.head(e[0]).float().squeeze(-1), y)
+            return collectives.global_mean((self.head(e[0]).float().squeeze(-1) - y).square())
         return LOSSES[self.loss_name](self, e, y)
 
     def predict(self, encode, batch):
