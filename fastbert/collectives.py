@@ -7,9 +7,15 @@ call the same functions in the same order: they are collectives.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
+
+# torch 2.13 marks the public differentiable all_gather deprecated in favour of a private module's; the
+# public one is what this uses (its backward sends each rank the summed gradient of its rows)
+warnings.filterwarnings("ignore", message="torch.distributed.nn.functional.all_gather is deprecated")
 
 
 def active() -> bool:

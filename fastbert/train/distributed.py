@@ -25,6 +25,9 @@ import sys
 import torch
 import torch.distributed as dist
 
+from fastbert import collectives
+from fastbert.collectives import active, comm_device, rank, world
+
 BUCKET_BYTES = 25 << 20  # fp32 bytes per all_reduce (DistributedDataParallel's default bucket_cap_mb)
 DEFAULT_TIMEOUT_S = 600  # a rank waiting longer than this in a collective stops with an error
 
@@ -90,18 +93,6 @@ def destroy() -> None:
         dist.destroy_process_group()
 
 
-def active() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def rank() -> int:
-    return dist.get_rank() if active() else 0
-
-
-def world() -> int:
-    return dist.get_world_size() if active() else 1
-
-
 def is_main() -> bool:
     """Rank 0: the one that writes logs, metrics, checkpoints and shows progress."""
     return rank() == 0
@@ -120,27 +111,17 @@ def threads(setting, idle_cores: int) -> int:
     return max(1, idle_cores // detect().local_world)
 
 
-def _comm_device() -> torch.device:
-    """Where collectives' buffers live: the current CUDA device under NCCL, else the CPU."""
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
 def average_scalars(values: list[float]) -> list[float]:
-    """The mean over ranks of each value (one all_reduce, fp64)."""
-    if not active() or not values:
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
-    dist.all_reduce(t)
-    return (t / world()).tolist()
+    """The mean over ranks of each value (one all_reduce, fp64): losses for the log and the routines."""
+    n = world()
+    return [v / n for v in collectives.sum_(values)]
 
 
 def any_rank(flag: bool) -> bool:
     """True on every rank when `flag` is true on any (a stop request, an error)."""
     if not active():
         return flag
-    t = torch.tensor([int(flag)], dtype=torch.int32, device=_comm_device())
+    t = torch.tensor([int(flag)], dtype=torch.int32, device=comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 
@@ -150,17 +131,8 @@ def broadcast_object(obj):
     if not active():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0, device=_comm_device() if dist.get_backend() == "nccl" else None)
+    dist.broadcast_object_list(box, src=0, device=comm_device() if dist.get_backend() == "nccl" else None)
     return box[0]
-
-
-def gather_objects(obj) -> list:
-    """Every rank's `obj`, in rank order (evaluation predictions)."""
-    if not active():
-        return [obj]
-    out = [None] * world()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 @torch.no_grad()
@@ -172,7 +144,7 @@ def broadcast_params(module: torch.nn.Module) -> None:
         if t.device.type == "cuda" or dist.get_backend() != "nccl":
             dist.broadcast(t.data, src=0)
         else:
-            buf = t.data.to(_comm_device())
+            buf = t.data.to(comm_device())
             dist.broadcast(buf, src=0)
             t.data.copy_(buf)
 
@@ -205,7 +177,7 @@ def average_gradients(params: list[torch.nn.Parameter], bucket_bytes: int = BUCK
     """
     if not active():
         return
-    device = _comm_device()
+    device = comm_device()
     for bucket in _buckets(params, bucket_bytes):
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(device, torch.float32)
                           for p in bucket]
@@ -229,7 +201,7 @@ def average_(t: torch.Tensor) -> torch.Tensor:
     """`t` := its mean over ranks, in place, summed in fp32 (PCGrad's per-task gradients)."""
     if not active():
         return t
-    buf = t.to(_comm_device(), torch.float32)
+    buf = t.to(comm_device(), torch.float32)
     dist.all_reduce(buf)
     buf /= world()
     t.copy_(buf.to(t.device, t.dtype))

@@ -14,6 +14,12 @@ task t's batches per epoch of its data; smaller data sets are cycled, each in it
   stochastic  the same weights, but the step follows one task sampled from them (report 1)
   pcgrad      every task's gradient; each is projected off the others it conflicts with on the shared
               encoder (negative dot product), then summed (Yu et al. 2020, gradient surgery)
+
+Several ranks (fastbert.train.distributed): every rank runs the same tasks in the same order on its
+share of each batch, and the loop averages the gradients once per step, after the routine. The
+routines that decide from loss values (weighted, stochastic) decide from their means over ranks, so
+every rank samples the same task; pcgrad averages each task's shared gradient over ranks before the
+projection (`averages_shared`), so every rank projects the global gradients.
 """
 from __future__ import annotations
 
@@ -23,6 +29,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from fastbert.train import distributed
+
 LossFn = Callable[[str], torch.Tensor]
 Backward = Callable[[torch.Tensor], None]
 
@@ -30,6 +38,8 @@ Backward = Callable[[torch.Tensor], None]
 class Routine:
     """tasks: the trained tasks in order; batches: {task: B_t}. Subclasses add the settings they use (seed,
     standardize), which `build` passes to those that take them."""
+
+    averages_shared = False  # the routine leaves the shared parameters' gradients averaged over ranks
 
     def __init__(self, tasks: list[str], batches: dict[str, int]):
         if not tasks:
@@ -122,15 +132,17 @@ class Weighted(Routine):
         return e / e.sum()
 
     def _losses(self, loss):
+        """({task: this rank's loss tensor}, weights, {task: loss averaged over ranks})."""
         tensors = {t: loss(t) for t in self.tasks}
-        w = self.weights({t: v.item() for t, v in tensors.items()})
+        values = dict(zip(self.tasks, distributed.average_scalars([tensors[t].item() for t in self.tasks])))
+        w = self.weights(values)
         self.info = {"weights": {t: round(float(x), 4) for t, x in zip(self.tasks, w)}}
-        return tensors, w
+        return tensors, w, values
 
     def step(self, step, loss, backward, shared):
-        tensors, w = self._losses(loss)
+        tensors, w, values = self._losses(loss)
         backward(sum(float(wi) * tensors[t] for t, wi in zip(self.tasks, w)))
-        return {t: v.item() for t, v in tensors.items()}
+        return values
 
     def state_dict(self):
         return {"prev": dict(self.prev), "mean": dict(self.mean)}
@@ -145,11 +157,11 @@ class Stochastic(Weighted):
         self.rng = np.random.default_rng([seed, 1])
 
     def step(self, step, loss, backward, shared):
-        tensors, w = self._losses(loss)
+        tensors, w, values = self._losses(loss)
         t = self.tasks[int(self.rng.choice(len(self.tasks), p=w))]
         backward(tensors[t])
         self.info["task"] = t
-        return {t: v.item() for t, v in tensors.items()}
+        return values
 
     def state_dict(self):
         return {**super().state_dict(), "rng": self.rng.bit_generator.state}
@@ -172,7 +184,14 @@ def project_conflicting(grads: list[torch.Tensor], order: list[list[int]]) -> to
     return total
 
 
+def _flat_grad(p: torch.nn.Parameter) -> torch.Tensor:
+    """p's gradient (zeros if none) as a flat fp32 vector."""
+    return (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
+
+
 class PCGrad(Routine):
+    averages_shared = True
+
     def __init__(self, tasks, batches, seed: int = 0):
         super().__init__(tasks, batches)
         self.rng = np.random.default_rng([seed, 2])
@@ -185,9 +204,11 @@ class PCGrad(Routine):
             value = loss(t)
             backward(value)
             out[t] = value.item()
-            used = [u or p.grad is not None for u, p in zip(used, shared)]
-            grads.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
-                                    for p in shared]))
+            # this task's gradient and which parameters it reached, averaged over ranks (a share > 0: any rank)
+            reached = torch.tensor([float(p.grad is not None) for p in shared], device=shared[0].device)
+            flat = distributed.average_(torch.cat([_flat_grad(p) for p in shared] + [reached]))
+            used = [u or bool(r > 0) for u, r in zip(used, flat[-len(shared):])]
+            grads.append(flat[:-len(shared)])
         n = len(self.tasks)
         total = project_conflicting(grads, [list(self.rng.permutation(n)) for _ in range(n)])
         offset = 0
