@@ -20,10 +20,11 @@ from __future__ import annotations
 import os
 import sys
 
+import torch.distributed
 import yaml
 
 from fastbert import errors
-from fastbert.train import config, stages
+from fastbert.train import config, distributed, stages
 from fastbert.train.loop import NonFiniteError
 from fastbert.train.run import default_dir
 

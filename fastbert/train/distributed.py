@@ -17,10 +17,10 @@ How the ranks stay one run (see fastbert.train.loop and the README, "More than o
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import datetime
 import os
-import sys
 
 import torch
 import torch.distributed as dist
@@ -85,6 +85,7 @@ def init(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[En
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")  # NCCL honours the timeout
         dist.init_process_group(backend_for(device), timeout=datetime.timedelta(seconds=timeout_s),
                                 device_id=device if device.type == "cuda" else None)
+        atexit.register(destroy)
     return env, device
 
 
@@ -101,14 +102,6 @@ def is_main() -> bool:
 def barrier() -> None:
     if active():
         dist.barrier()
-
-
-def threads(setting, idle_cores: int) -> int:
-    """CPU threads of this rank: `setting` when it is a number, else the idle cores shared by the ranks
-    of this machine (at least one each)."""
-    if setting not in (None, "auto"):
-        return int(setting)
-    return max(1, idle_cores // detect().local_world)
 
 
 def average_scalars(values: list[float]) -> list[float]:
@@ -206,9 +199,3 @@ def average_(t: torch.Tensor) -> torch.Tensor:
     buf /= world()
     t.copy_(buf.to(t.device, t.dtype))
     return t
-
-
-def fail(msg: str) -> None:
-    """One line on stderr naming the rank, then exit 1 (torchrun then stops the other ranks)."""
-    print(f"rank {rank()}: {msg}", file=sys.stderr)
-    sys.exit(1)

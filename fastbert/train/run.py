@@ -125,6 +125,34 @@ def _parse(data: bytes) -> list[dict]:
     return out
 
 
+class SilentRun(Run):
+    """What a rank other than 0 holds under torchrun: the run directory's path; it writes nothing."""
+
+    def __init__(self, path: str, cfg: dict, deferred: bool = False):
+        self.path, self.cfg, self.started = path, cfg, time.time()
+        self.metrics, self.inherited = os.path.join(path, "metrics.jsonl"), 0
+
+    def save_config(self) -> None:
+        pass
+
+    def log(self, msg: str, echo: bool = True) -> None:
+        pass
+
+    def record(self, rec: dict) -> None:
+        pass
+
+    def begin(self, step: int) -> None:
+        pass
+
+    def plot(self) -> None:
+        pass
+
+
+def open_run(path: str, cfg: dict, main: bool, deferred: bool = False) -> Run:
+    """The run directory as rank 0 (`main`, the one process included) writes it, or as the other ranks see it."""
+    return (Run if main else SilentRun)(path, cfg, deferred=deferred)
+
+
 def dev_table(dev: dict, metric_names: dict, note: str = "") -> str:
     """A Markdown table: task, metric, value, and the mean of the tasks' main metrics."""
     lines = ["| task | metric | dev |", "|---|---|---|"]

@@ -30,8 +30,8 @@ from fastbert.model import BertModel
 from fastbert.pretrained import default_path
 from fastbert.tasks import pair as pair_task
 from fastbert.tokenizer import BertTokenizer
-from fastbert.train import checkpoint, config, lock, loop, optim
-from fastbert.train.run import Run, default_dir, dev_table
+from fastbert.train import checkpoint, config, distributed, lock, loop, optim
+from fastbert.train.run import Run, default_dir, dev_table, open_run
 
 # CS224N submission files: task -> (file prefix, header column)
 CS224N_FILES = {"sst": ("sst", "Predicted_Sentiment"), "quora": ("para", "Predicted_Is_Paraphrase"),
@@ -136,7 +136,9 @@ def _encode(model, name, examples):
 
 def load_data(cfg: dict, model: loop.Model, run: Run | None, train: list[str], evaluate: list[str],
               splits=("dev",)) -> tuple[dict, dict]:
-    """(train loaders, {split: {task: loader}}) with bad rows raised or, with skip_bad_rows, logged."""
+    """(train loaders, {split: {task: loader}}) with bad rows raised or, with skip_bad_rows, logged. Under
+    torchrun every loader yields this rank's share of each batch."""
+    shard = (distributed.rank(), distributed.world())
     ddir = config.data_dir(cfg)
     log = run.log if run else print
 
@@ -161,7 +163,7 @@ def load_data(cfg: dict, model: loop.Model, run: Run | None, train: list[str], e
             order = np.random.default_rng(_seed(cfg, name)).permutation(len(data))
             held_out[name], data = data.subset(np.sort(order[:n_dev])), data.subset(np.sort(order[n_dev:]))
         loaders[name] = Loader(data, model.tokenizer, s["batch_size"], shuffle=True, seed=_seed(cfg, name),
-                               packed=cfg["packed"])
+                               packed=cfg["packed"], shard=shard)
         _set_calibration(cfg, model, name, data)
         log(f"{name}: {len(data)} training examples, {len(loaders[name])} batches of {s['batch_size']}")
     out = {}
@@ -181,7 +183,7 @@ def load_data(cfg: dict, model: loop.Model, run: Run | None, train: list[str], e
                 if split == "dev":  # test predictions are always complete
                     data = _subset(data, _limit(cfg, "eval_limit", name), _seed(cfg, name))
             out[split][name] = Loader(data, model.tokenizer, cfg["eval_batch_size"], shuffle=False,
-                                      seed=_seed(cfg, name), packed=cfg["packed"])
+                                      seed=_seed(cfg, name), packed=cfg["packed"], shard=shard)
     return loaders, out
 
 
@@ -201,12 +203,13 @@ def _eval_names(cfg: dict, saved: dict | None = None) -> list[str]:
 
 
 def set_threads(cfg: dict) -> int:
-    """torch's CPU threads. "auto": the idle cores. On a shared machine a thread per core runs several
-    times slower than one thread (OpenMP threads wait on each other's descheduled peers)."""
+    """torch's CPU threads. "auto": the idle cores, shared equally by the ranks torchrun starts on this
+    machine. On a shared machine a thread per core runs several times slower than one thread (OpenMP
+    threads wait on each other's descheduled peers)."""
     n = cfg["threads"]
     if n == "auto":
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        n = max(1, cores - int(round(busy_cores())))
+        n = max(1, (cores - int(round(busy_cores()))) // distributed.detect().local_world)
     if n:
         torch.set_num_threads(int(n))
     return torch.get_num_threads()
@@ -256,32 +259,54 @@ def check_device(cfg: dict) -> None:
 
 
 def locked(stage):
-    """The stage, once the device is checked, with its run directory locked while it runs (by the main
-    process of a distributed run): two runs never share a directory."""
+    """The stage, once torchrun's process group is joined (if any) and the device checked, with its run
+    directory (rank 0's choice) locked while it runs by rank 0: two runs never share a directory."""
     @functools.wraps(stage)
     def run(cfg: dict) -> dict:
+        cfg = _start(cfg)
         check_device(cfg)
-        path = cfg["run_dir"] or default_dir(cfg["stage"], cfg.get("resume", False))
-        with lock.held(path) if loop.is_main_process() else contextlib.nullcontext():
+        path = distributed.broadcast_object(cfg["run_dir"] or default_dir(cfg["stage"], cfg.get("resume", False)))
+        with lock.held(path) if distributed.is_main() else contextlib.nullcontext():
             return stage({**cfg, "run_dir": path})
 
     return run
 
 
+def _start(cfg: dict) -> dict:
+    """Join torchrun's process group, if any (each rank on its own GPU) and set the threads: the settings
+    with this rank's device."""
+    env, device = distributed.init(loop.device_of(cfg))
+    if env.distributed:
+        cfg = {**cfg, "device": str(device)}
+    set_threads(cfg)
+    return cfg
+
+
+def _check_shares(cfg: dict, names: list[str]) -> None:
+    world = distributed.world()
+    for name in names:
+        size = config.task_settings(cfg, name)["batch_size"]
+        if size % world:
+            raise config.ConfigError(f"batch_size {size} (task {name}) does not divide by the {world} ranks: each "
+                                     f"rank takes an equal share of the global batch (use a multiple of {world})")
+
+
 @locked
 def train(cfg: dict) -> dict:
-    """Run a training stage (pretrain, nli, contrastive, single, multitask); returns its result."""
-    set_threads(cfg)
+    """Run a training stage (pretrain, nli, contrastive, single, multitask); returns its result. Under
+    torchrun every rank runs this; rank 0 alone writes the run directory."""
     path, resume = _run_dir(cfg)
     config.data_dir(cfg)  # fail before the model loads
+    _check_shares(cfg, cfg["tasks"])
     names = _eval_names(cfg)
     if resume:
         check_resumable(cfg, resume)
     check_lengths(cfg, names, resume or (_checkpoint_dir(cfg["init"]) if cfg["init"] else None))
     model = build(cfg, names, source=resume)
+    distributed.broadcast_params(model)  # the same start on every rank, whatever initialised it
     # the run's settings, with every task's in full: a checkpoint rebuilds its heads from them alone
     cfg = {**cfg, "run_dir": path, **{n: dict(model.tasks[n].cfg) for n in names}}
-    run = Run(path, cfg, deferred=True)
+    run = open_run(path, cfg, distributed.is_main(), deferred=True)
     if resume is None:  # else the loop begins the run once it has restored the checkpoint
         run.begin(0)
     if cfg["resume"] and resume is None:
@@ -304,10 +329,12 @@ def train(cfg: dict) -> dict:
             + "".join(f"; {t}: same when cos(u, v) > {m['threshold']:.4f} (chosen on training pairs)"
                       for t, m in best["dev"].items() if "threshold" in m))
     table = dev_table(best["dev"], {t: model.tasks[t].metric for t in best["dev"]}, note)
-    atomic_write(os.path.join(run.path, "dev_table.md"), table)
+    if distributed.is_main():
+        atomic_write(os.path.join(run.path, "dev_table.md"), table)
+        print(table)
     run.record({"step": state["step"], "final": best})
     run.log("dev results (best checkpoint):\n" + table, echo=False)
-    print(table)
+    distributed.barrier()  # rank 0's checkpoints are complete before any rank reads them
     if cfg["predict"]:
         checkpoint.load_weights(os.path.join(run.path, "best"), model)
         write_predictions(cfg, model, run, names)
@@ -329,7 +356,8 @@ def _for_checkpoint(cfg: dict) -> tuple[dict, loop.Model, Run, list[str]]:
     names = names or ["sst", "quora", "sts"]
     check_lengths(cfg, names, source)
     model = build(cfg, names)
-    run = Run(cfg["run_dir"] or default_dir(cfg["stage"], False), {**cfg, "init": source})
+    path = cfg["run_dir"] or default_dir(cfg["stage"], False)
+    run = open_run(path, {**cfg, "init": source}, distributed.is_main())
     for n in model.untrained:
         run.log(f"warning: {source or 'the packaged checkpoint'} has no head for task {n}: it is random")
     return cfg, model, run, names
@@ -338,22 +366,21 @@ def _for_checkpoint(cfg: dict) -> tuple[dict, loop.Model, Run, list[str]]:
 @locked
 def evaluate(cfg: dict) -> dict:
     """Dev metrics of a checkpoint (`init`: a checkpoint or run directory; none: the packaged MiniLM)."""
-    set_threads(cfg)
     cfg, model, run, names = _for_checkpoint(cfg)
     _, evals = load_data(cfg, model, run, [], names)
     device = loop.device_of(cfg)
     dev, _ = _evaluate(cfg, model, evals["dev"], device)
     table = dev_table(dev, {t: model.tasks[t].metric for t in dev})
-    atomic_write(os.path.join(run.path, "dev_table.md"), table)
+    if distributed.is_main():
+        atomic_write(os.path.join(run.path, "dev_table.md"), table)
+        print(table)
     run.record({"step": 0, "dev": dev})
-    print(table)
     return {"run_dir": run.path, "dev": dev}
 
 
 @locked
 def predict(cfg: dict) -> dict:
     """Prediction files (CS224N format) for the dev and test files of a checkpoint's tasks."""
-    set_threads(cfg)
     cfg, model, run, names = _for_checkpoint(cfg)
     return {"run_dir": run.path, "files": write_predictions(cfg, model, run, names)}
 
@@ -380,7 +407,8 @@ def write_predictions(cfg: dict, model: loop.Model, run: Run, names: list[str]) 
             path = os.path.join(out_dir, f"{prefix}-{split}-output.csv")
             lines = [f"id \t {column} \n"]
             lines += [f"{i} , {_fmt(t, v)} \n" for i, v in zip(loaders[t].data.ids, p)]
-            atomic_write(path, "".join(lines))
+            if distributed.is_main():
+                atomic_write(path, "".join(lines))
             written.append(path)
         if split == "dev" and dev:
             run.log("dev results:\n" + dev_table(dev, {t: model.tasks[t].metric for t in dev}))
@@ -411,7 +439,8 @@ def chain(recipe: dict, overrides: dict | None = None) -> dict:
         raise config.ConfigError("a chain recipe needs `chain: [{stage: ...}, ...]`")
     merged.pop("stage", None)
     resume = bool(merged.pop("resume", False))
-    root = merged.pop("run_dir", None) or default_dir("chain", resume)
+    distributed.init(loop.device_of({"device": merged.get("device", "auto")}))
+    root = distributed.broadcast_object(merged.pop("run_dir", None) or default_dir("chain", resume))
     init = merged.pop("init", None)
     result = None
     for i, link in enumerate(links):
@@ -424,12 +453,15 @@ def chain(recipe: dict, overrides: dict | None = None) -> dict:
                                   {**link_overrides, "run_dir": path, "init": link.get("init", init),
                                    "resume": resume and bool(checkpoint.find_last(path))})
         if os.path.exists(os.path.join(path, "dev_table.md")):
-            print(f"chain: {path} is done, skipping")
+            if distributed.is_main():
+                print(f"chain: {path} is done, skipping")
         else:
             result = train(link_cfg)
         init = os.path.realpath(os.path.join(path, "best"))
-    with open(os.path.join(root, f"{len(links) - 1}-{links[-1]['stage']}", "dev_table.md"), encoding="utf-8") as f:
-        atomic_write(os.path.join(root, "dev_table.md"), f.read())
+    if distributed.is_main():
+        with open(os.path.join(root, f"{len(links) - 1}-{links[-1]['stage']}", "dev_table.md"),
+                  encoding="utf-8") as f:
+            atomic_write(os.path.join(root, "dev_table.md"), f.read())
     return {"run_dir": root, "last": result}
 
 
