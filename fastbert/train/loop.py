@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from fastbert.data.batching import Loader, Stream, TaskBatch
 from fastbert.tasks.base import Encode
-from fastbert.train import checkpoint, optim, routines
+from fastbert.train import checkpoint, distributed, optim, routines
 from fastbert.train.config import PRECISIONS
 from fastbert.train.run import Run
 
@@ -161,12 +161,6 @@ class Interrupts:
         self.received = signum
 
 
-def is_main_process() -> bool:
-    """Rank 0 of torch.distributed when it is initialised, else the one process there is."""
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 @dataclasses.dataclass
 class TrainState:
     """What the loop counts. step, best, elapsed and skipped_steps are saved in checkpoints (trainer.pt
@@ -219,7 +213,7 @@ class Trainer:
     def __init__(self, cfg: dict, run: Run, model: Model, loaders: dict[str, Loader],
                  dev_loaders: dict[str, Loader]):
         self.cfg, self.run, self.model, self.dev_loaders = cfg, run, model, dev_loaders
-        self.is_main = is_main_process()
+        self.is_main = distributed.is_main()
         self.device = device_of(cfg)
         self.mode = precision(cfg, self.device)
         self.dtype = autocast_dtype(self.mode)
@@ -343,7 +337,10 @@ class Trainer:
         return values, norm
 
     def _sync_gradients(self) -> None:
-        """The step's gradients are final here (before unscaling and clipping). One process: nothing to do."""
+        """The step's gradients are final here (before unscaling and clipping): under torchrun, averaged over
+        the ranks (once per step, fp32 sums; see distributed.average_gradients). One process: nothing to do."""
+        averaged = set(self.shared) if self.routine.averages_shared else set()
+        distributed.average_gradients([p for p in self.params if p not in averaged])
 
     def _check(self, norm: float, values: dict) -> None:
         """fp16 overflow is the loss scaler's to skip; any other non-finite gradient norm stops the run."""
@@ -371,10 +368,14 @@ class Trainer:
         if step % self.cfg["log_every"] and step != self.total:
             return
         now, tokens = time.time(), self.state.tokens
+        logged = [t for t in self.tasks if self.window[t]]
+        # the ranks' means (a rank's loss is its share of the global batch's) and their tokens since the last record
+        *means, new = distributed.average_scalars([float(np.mean(self.window[t])) for t in logged]
+                                                  + [tokens - self.logged[1]])
         rec = {"step": step, "epoch": round(step / self.routine.steps_per_epoch, 4),
-               "loss": {t: float(np.mean(w)) for t, w in self.window.items() if w},
+               "loss": dict(zip(logged, means)),
                "lr": self.sched.get_last_lr()[0], "grad_norm": norm,
-               "tokens_per_s": round((tokens - self.logged[1]) / max(now - self.logged[0], 1e-9), 1)}
+               "tokens_per_s": round(new * distributed.world() / max(now - self.logged[0], 1e-9), 1)}
         if self.routine.info:
             rec["routine"] = self.routine.info
         if self.scaler is not None:
@@ -434,7 +435,7 @@ def train(cfg: dict, run: Run, model: Model, loaders: dict[str, Loader], dev_loa
                 trainer.evaluate()
             elif trainer.save_every and step % trainer.save_every == 0:
                 trainer.save()
-            if interrupted.received is not None:
+            if distributed.any_rank(interrupted.received is not None):  # Ctrl-C / SIGTERM on any rank stops all
                 trainer.save_and_stop()
     if trainer.state.step == start and trainer.state.best is None:  # resumed a finished run that never evaluated
         trainer.evaluate()
