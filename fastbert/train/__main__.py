@@ -85,8 +85,16 @@ def stage_help(stage: str) -> str:
     return "\n".join(lines)
 
 
+def collective_failed(e: RuntimeError) -> bool:
+    """A peer died or hung past the timeout: torch's DistError, or gloo's / NCCL's RuntimeError."""
+    if not distributed.active():
+        return False
+    return isinstance(e, torch.distributed.DistError) or any(w in str(e) for w in ("gloo", "NCCL", "Connection"))
+
+
 def cli(argv: list[str]) -> int:
-    """main() with the user's errors as one line on stderr and exit status 2 (--debug: the traceback too)."""
+    """main() with the user's errors as one line on stderr and exit status 2 (--debug: the traceback too); a
+    failed collective under torchrun (a peer killed) one line naming the rank, exit status 3."""
     debug = "--debug" in argv
     try:
         return main([a for a in argv if a != "--debug"])
@@ -98,6 +106,13 @@ def cli(argv: list[str]) -> int:
             raise
         print(f"error: {errors.describe(e)}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        if debug or not collective_failed(e):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: rank {distributed.rank()}: a collective with the other ranks failed ({first}); see the "
+              "first rank that stopped for the cause", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":
