@@ -2,9 +2,10 @@
 
 Texts are tokenized as [CLS] text [SEP], concatenated and cut into blocks of `block_size` tokens.
 Each time a block is seen, 15% of its non-special tokens are chosen (a fresh draw each time, fixed by
-the batch's seed and the block's index): 80% become [MASK], 10% a random token, 10% stay; the model predicts the originals.
-The head (dense + GELU + LayerNorm + decoder tied to the word embeddings) runs only at chosen
-positions. The metric is masked-token accuracy.
+the batch's seed and the block's index, so the same however batches are shared between ranks): 80%
+become [MASK], 10% a random token, 10% stay; the model predicts the originals. The head (dense + GELU +
+LayerNorm + decoder tied to the word embeddings) runs only at chosen positions. The metric is
+masked-token accuracy.
 """
 from __future__ import annotations
 
