@@ -8,7 +8,7 @@ every helper is the identity, so the same code is the one-process run.
 How the ranks stay one run (see fastbert.train.loop and the README, "More than one process or machine"):
   - every rank builds the same model (same seed; `broadcast_params` makes sure) and takes a contiguous
     share of every global batch (fastbert.data.batching);
-  - a task's loss on a rank is its share of the global-batch loss (fastbert.tasks.losses.global_mean),
+  - a task's loss on a rank is its share of the global-batch loss (fastbert.collectives.global_mean),
     so the mean of the ranks' gradients is the one-process gradient;
   - gradients are averaged by `average_gradients` at one point of the step, after the routine's
     backward(s) and before clipping: one flattened, bucketed all_reduce in fp32 (bf16 gradients are

@@ -6,7 +6,9 @@ gradient norm stops the run with the step and task named (fp16 overflow is the l
 it skips that step). Dev evaluation every `eval_every` steps keeps the best checkpoint; checkpoints also
 every `save_every` steps, at the end, and on Ctrl-C / SIGTERM (the first one: finish the step, save,
 stop). A resumed run restores weights, optimizer, scheduler, scaler, RNG, data positions and routine
-state, so it continues with the same losses as a run never stopped.
+state, so it continues with the same losses as a run never stopped. Under torchrun every rank runs this
+loop on its share of each batch: the gradients are averaged over the ranks before clipping, the logged
+losses are the ranks' means, and a signal on any rank stops all (fastbert.train.distributed).
 """
 from __future__ import annotations
 
