@@ -263,8 +263,9 @@ def locked(stage):
     directory (rank 0's choice) locked while it runs by rank 0: two runs never share a directory."""
     @functools.wraps(stage)
     def run(cfg: dict) -> dict:
-        cfg = _start(cfg)
         check_device(cfg)
+        cfg = _join(cfg)
+        set_threads(cfg)
         path = distributed.broadcast_object(cfg["run_dir"] or default_dir(cfg["stage"], cfg.get("resume", False)))
         with lock.held(path) if distributed.is_main() else contextlib.nullcontext():
             return stage({**cfg, "run_dir": path})
@@ -272,14 +273,10 @@ def locked(stage):
     return run
 
 
-def _start(cfg: dict) -> dict:
-    """Join torchrun's process group, if any (each rank on its own GPU) and set the threads: the settings
-    with this rank's device."""
+def _join(cfg: dict) -> dict:
+    """Join torchrun's process group, if any (each rank on its own GPU): the settings with this rank's device."""
     env, device = distributed.init(loop.device_of(cfg))
-    if env.distributed:
-        cfg = {**cfg, "device": str(device)}
-    set_threads(cfg)
-    return cfg
+    return {**cfg, "device": str(device)} if env.distributed else cfg
 
 
 def _check_shares(cfg: dict, names: list[str]) -> None:
