@@ -88,8 +88,8 @@ def table_section(spec: Spec, recs: dict[str, list[dict]], root: str) -> list[st
     for r in spec.rows:
         rep = [_fmt(r.report.get(t)) for t in TASKS] + [_fmt(_report_mean(r.report))]
         if r.name not in recs:
-            ours = ["not run yet"] * 4
-            rest = ["—", "0", "—", "—", "—"]
+            ours = ["not run yet", "", "", ""]
+            rest = ["", "0", "", "", ""]
             flag = ""
         else:
             st = stats[r.name]
@@ -135,6 +135,7 @@ def render(specs: list[Spec], root: str) -> str:
                   "(run.log timestamps; a chain's stages end to end).", "",
                   "![time to accuracy](results/time_to_accuracy.png)", ""]
     text = "\n".join(lines)
+    os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, "RESULTS.md"), "w", encoding="utf-8") as f:
         f.write(text)
     return text
