@@ -46,6 +46,12 @@ def test_run_record_skip_render(table, tmp_path, capsys):
     assert rec["curve"] and rec["curve"][-1][1] == 2  # dev at the last step
     assert set(json.load(open(records.record_path(root, "tiny", "sts-only", 0), encoding="utf-8"))["dev"]) == {"sts"}
 
+    assert rec["eval_limit"] == 12 and rec["train_limit"] == 16
+
+    # a finished run whose record was lost is recorded again from its run directory, not rerun
+    os.remove(path)
+    assert cli.main(["run", table, "--root", root, "--rows", "additive"]) == 0
+    assert json.load(open(path, encoding="utf-8"))["attempts"] == 1
     before = os.path.getmtime(path)
     capsys.readouterr()
     assert cli.main(["run", table, "--root", root]) == 0

@@ -11,6 +11,8 @@ import os
 import platform
 import subprocess
 
+import yaml
+
 from fastbert.experiments.specs import TASKS
 
 ATTEMPTS = "experiment.json"  # in the run directory: one entry per launch (command, times, commit)
@@ -128,7 +130,10 @@ def results(run_dir: str) -> dict:
     if final is None:
         raise FileNotFoundError(f"{run_dir}: no dev evaluation recorded")
     dev = {t: m["main"] for t, m in final.items()}
-    return {"dev": dev, "dev_mean": mean3(dev), "steps": sum(steps), "stage_steps": steps, "curve": curve}
+    with open(os.path.join(dirs[-1], "config.yaml"), encoding="utf-8") as f:
+        last = yaml.safe_load(f)
+    return {"dev": dev, "dev_mean": mean3(dev), "steps": sum(steps), "stage_steps": steps, "curve": curve,
+            "train_limit": last.get("train_limit"), "eval_limit": last.get("eval_limit")}
 
 
 def write(path: str, record: dict) -> None:

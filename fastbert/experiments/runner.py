@@ -93,7 +93,10 @@ def run_one(spec: Spec, row: Row, seed: int, root: str, threads: int, resume: bo
         print(f"{label}: recorded in {os.path.relpath(rec_path, root)}, skipping")
         return "skipped"
     rdir = run_dir(spec.name, row.name, seed)
-    broken = os.path.exists(os.path.join(root, rdir, records.ATTEMPTS))
+    attempts = records.read_attempts(os.path.join(root, rdir))
+    if attempts and attempts[-1].get("returncode") == 0 and not dry_run:  # finished, its record not written
+        return _record(spec, row, seed, root, rdir, threads, rec_path)
+    broken = bool(attempts)
     if broken and not resume and not dry_run:
         raise RunError(f"{label}: {os.path.join(root, rdir)} holds an unrecorded run: --resume continues it")
     argv = argv_for(spec, row, seed, root, threads, resume and broken)
@@ -110,10 +113,14 @@ def run_one(spec: Spec, row: Row, seed: int, root: str, threads: int, resume: bo
         print(f"{label}: failed (exit {attempt['returncode']}), see {os.path.join(root, rdir, 'driver.log')}; "
               "--resume continues it", file=sys.stderr)
         return "failed"
+    return _record(spec, row, seed, root, rdir, threads, rec_path)
+
+
+def _record(spec: Spec, row: Row, seed: int, root: str, rdir: str, threads: int, rec_path: str) -> str:
     rec = make_record(spec, row, seed, root, rdir, threads)
     records.write(rec_path, rec)
-    print(f"{label}: dev {rec['dev']} in {rec['wall_s']:.0f} s ({rec['cpu_s']:.0f} CPU-s) -> "
-          f"{os.path.relpath(rec_path, root)}", flush=True)
+    print(f"{spec.name}/{row.name} seed {seed}: dev {rec['dev']} in {rec['wall_s']:.0f} s ({rec['cpu_s']:.0f} CPU-s)"
+          f" -> {os.path.relpath(rec_path, root)}", flush=True)
     return "done"
 
 
