@@ -35,13 +35,16 @@ def table_bars(spec: Spec, stats: dict[str, dict], path: str) -> bool:
     rep = [stats[r]["report_mean"] or 0.0 for r in rows]
     ours = [stats[r]["mean"][0] if stats[r]["mean"] else 0.0 for r in rows]
     err = [stats[r]["mean"][1] if stats[r]["mean"] else 0.0 for r in rows]
-    ax.bar([x - 0.2 for x in xs], rep, width=0.4, label="report (bert-base)", color="#bbbbbb")
+    if any(rep):
+        ax.bar([x - 0.2 for x in xs], rep, width=0.4, label="report (bert-base)", color="#bbbbbb")
     ax.bar([x + 0.2 for x in xs], ours, width=0.4, yerr=err, label="fastbert (MiniLM-L6)", color="#3b75af")
+    ax.set_xlim(-0.7, len(rows) - 0.3)
     ax.set_xticks(list(xs))
     ax.set_xticklabels(rows, rotation=30, ha="right", fontsize=8)
-    ax.set(ylabel="dev mean (SST acc, Quora acc, STS r)", title=spec.title, ylim=(0, 1))
+    ax.set(ylabel="dev mean\n(SST acc, Quora acc, STS r)", ylim=(0, 1))
+    ax.set_title(spec.title if len(spec.title) < 70 else spec.title[:67] + "...", fontsize=9)
     ax.legend(fontsize=8, loc="lower right")
-    fig.subplots_adjust(bottom=0.32, top=0.9, left=0.1, right=0.98)
+    fig.subplots_adjust(bottom=0.32, top=0.9, left=0.14, right=0.98)
     _save(fig, path)
     return True
 
