@@ -17,7 +17,10 @@ is a 14,139-pair subset (10%) of the CS224N training file; Quora dev is the 16,2
 stands in for them, SNLI test is their dev set. Report figures are quoted from the reports (their dev sets);
 fastbert's are the dev metrics of each run's final model (the best checkpoint of its last stage, chosen by
 the dev mean of the tasks that stage trains). A run's spread is the standard deviation over seeds; a
-difference smaller than the spread is reported as a tie; with one seed there is no spread to judge by."""
+difference smaller than the spread is reported as a tie; with one seed there is no spread to judge by.
+Wall time is on the machine each record names; on the shared 2-core machine (several processes per core)
+it is several times an unloaded run's, while CPU seconds (the driver's user + system time, one thread) are
+close to an unloaded single-thread run's wall time."""
 
 
 def _fmt(v, nd=3) -> str:
