@@ -96,7 +96,7 @@ def run_one(spec: Spec, row: Row, seed: int, root: str, threads: int, resume: bo
     attempts = records.read_attempts(os.path.join(root, rdir))
     if attempts and attempts[-1].get("returncode") == 0 and not dry_run:  # finished, its record not written
         return _record(spec, row, seed, root, rdir, threads, rec_path)
-    broken = bool(attempts)
+    broken = bool(attempts) or os.path.exists(os.path.join(root, rdir, "driver.log"))  # launched, not recorded
     if broken and not resume and not dry_run:
         raise RunError(f"{label}: {os.path.join(root, rdir)} holds an unrecorded run: --resume continues it")
     argv = argv_for(spec, row, seed, root, threads, resume and broken)
