@@ -49,21 +49,25 @@ def table_bars(spec: Spec, stats: dict[str, dict], path: str) -> bool:
     return True
 
 
-def time_to_accuracy(curves: dict[str, list[list]], path: str) -> bool:
-    """Dev mean against wall-clock minutes, one line per run. curves: {label: [[seconds, step, mean]]}."""
-    drawn = {k: [(c[0] / 60, c[2]) for c in v if c[2] is not None] for k, v in curves.items()}
-    drawn = {k: v for k, v in drawn.items() if v}
+def time_to_accuracy(curves: dict[str, tuple[list[list], float]], path: str) -> bool:
+    """Dev mean against minutes, one line per run: wall-clock on the machine that ran it (left) and that
+    time scaled by the run's CPU seconds / wall seconds (right: about an unloaded one-thread run's wall
+    time). curves: {label: ([[seconds, step, mean], ...], cpu_s / wall_s)}."""
+    drawn = {k: ([(c[0] / 60, c[2]) for c in v if c[2] is not None], f) for k, (v, f) in curves.items()}
+    drawn = {k: v for k, v in drawn.items() if v[0]}
     if not drawn:
         return False
-    fig = _figure((7, 4))
-    ax = fig.subplots()
-    for label, pts in sorted(drawn.items()):
-        ax.plot(*zip(*pts), marker="o", label=label)
-    ax.axhline(0.75, color="#999999", linestyle=":", linewidth=1)
-    ax.axvline(10, color="#999999", linestyle=":", linewidth=1)
-    ax.set(xlabel="wall-clock minutes on this machine", ylabel="dev mean (SST acc, Quora acc, STS r)",
-           title="time to accuracy")
-    ax.legend(fontsize=7)
-    fig.subplots_adjust(bottom=0.13, top=0.92, left=0.11, right=0.98)
+    fig = _figure((11, 4))
+    axes = fig.subplots(1, 2, sharey=True)
+    for label, (pts, f) in sorted(drawn.items()):
+        for ax, scale in zip(axes, (1.0, f)):
+            ax.plot([m * scale for m, _ in pts], [v for _, v in pts], marker="o", label=label)
+    for ax, xlabel in zip(axes, ("wall-clock minutes on this machine", "CPU minutes (one thread)")):
+        ax.axhline(0.75, color="#999999", linestyle=":", linewidth=1)
+        ax.axvline(10, color="#999999", linestyle=":", linewidth=1)
+        ax.set(xlabel=xlabel, title="time to accuracy")
+    axes[0].set_ylabel("dev mean (SST acc, Quora acc, STS r)")
+    axes[1].legend(fontsize=7)
+    fig.subplots_adjust(bottom=0.13, top=0.92, left=0.07, right=0.98, wspace=0.05)
     _save(fig, path)
     return True

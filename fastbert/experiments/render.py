@@ -131,12 +131,14 @@ def render(specs: list[Spec], root: str) -> str:
     lines += ["**Not run yet** (no record): " + (", ".join(missing) if missing else "none") + ".", ""]
     for spec in specs:
         lines += table_section(spec, found.get(spec.name, {}), root)
-    curves = {f"{t}/{row}" + (f" seed {x['seed']}" if x["seed"] else ""): x["curve"]
+    curves = {f"{t}/{row}" + (f" seed {x['seed']}" if x["seed"] else ""): (x["curve"], x["cpu_s"] / max(x["wall_s"], 1e-9))
               for s in specs if s.curves for t, row in [(s.name, r.name) for r in s.rows]
               for x in found.get(t, {}).get(row, [])}
     if plots.time_to_accuracy(curves, os.path.join(root, "results", "time_to_accuracy.png")):
-        lines += ["## Time to accuracy", "", "Dev mean at each evaluation against wall-clock time on this machine "
-                  "(run.log timestamps; a chain's stages end to end).", "",
+        lines += ["## Time to accuracy", "", "Dev mean at each evaluation against time (run.log timestamps; a chain's stages end "
+                  "to end): wall-clock on the machine that ran it, and that time scaled by the run's CPU seconds / "
+                  "wall seconds (about an unloaded one-thread run's wall time; it assumes the run's share of the "
+                  "CPU was even over the run). Dotted: dev mean 0.75, 10 minutes.", "",
                   "![time to accuracy](results/time_to_accuracy.png)", ""]
     text = "\n".join(lines)
     os.makedirs(root, exist_ok=True)
