@@ -1,6 +1,7 @@
 """Render pytest-benchmark JSON into BENCHMARKS.md (tables) and bench/results/*.png (plots).
 
   python bench/report.py --run [pytest args]   run the full suite here into bench/results/<device>.json, render
+                                               (refuses a tree with uncommitted changes unless --allow-dirty)
   python bench/report.py                       render every bench/results/*.json (one section per device)
   python bench/report.py a.json b.json         render these files
 
@@ -19,11 +20,12 @@ import sys
 from collections import defaultdict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # run as a script: python bench/report.py
+    sys.path.insert(0, ROOT)
+from bench.targets import verdicts  # noqa: E402
 RESULTS = os.path.join(ROOT, "bench", "results")
 OUT_MD = os.path.join(ROOT, "BENCHMARKS.md")
 KINDS = ("speedup", "train", "inference", "memory", "matmul", "model_parity", "op_parity", "convergence")
-# The CPU issue's targets: fastbert's real tokens/s over a baseline's, training step.
-CPU_TARGETS = [("minilm", "hf-fp32", 5.0), ("minilm", "hf-bf16", 3.0), ("bert-base", "hf-fp32", 3.0)]
 MiB = 2 ** 20
 
 
@@ -78,6 +80,9 @@ def iqr_pct(b) -> str:
 def machine_section(data, path) -> str:
     m, fb = data["machine_info"], data["machine_info"].get("fastbert", {})
     c = data.get("commit_info", {})
+    warning = (f"> **NOT A CLEAN RESULT: measured on a dirty tree** (uncommitted changes on top of commit "
+               f"{c.get('id', '?')[:10]}): no commit reproduces these numbers. Re-run `python bench/report.py --run` "
+               f"from a clean tree.\n\n" if c.get("dirty") else "")
     rows = [["device", f"{fb.get('device', '?')}: {fb.get('device_name', '?')}"],
             ["CPU", f"{fb.get('cpu_model', m.get('processor', '?'))} ({', '.join(fb.get('cpu_flags', [])) or '-'}), "
                     f"{fb.get('torch_threads', '?')} torch threads"],
@@ -90,14 +95,18 @@ def machine_section(data, path) -> str:
             ["run", f"{data.get('datetime', '?')[:19]}, commit {c.get('id', '?')[:10]}"
                     f"{' (dirty)' if c.get('dirty') else ''}, quick mode: {fb.get('quick')}"],
             ["results file", os.path.relpath(path, ROOT)]]
-    out = table(["", ""], rows)
+    return warning + table(["", ""], rows) + skipped_section(fb.get("skipped", []))
+
+
+def skipped_section(skipped: list[str]) -> str:
+    """One line per reason: how many benchmarks it skipped, in which files ("<test id>: <reason>" entries)."""
     reasons = defaultdict(list)
-    for s in fb.get("skipped", []):
+    for s in skipped:
         test, reason = s.split(": ", 1)
-        reasons[reason].append(test.split("::")[-1])
-    if reasons:
-        out += "\nSkipped here:\n" + "".join(f"- {r}: `{'`, `'.join(t)}`\n" for r, t in reasons.items())
-    return out
+        reasons[reason].append(test.split("::")[0])
+    lines = [f"- {len(files)} in {', '.join(f'`{f}`' for f in dict.fromkeys(files))}: {r}\n"
+             for r, files in reasons.items()]
+    return "\nSkipped here:\n" + "".join(lines) if lines else ""
 
 
 def _bf16_rate(kinds) -> float | None:
@@ -133,12 +142,9 @@ def throughput_section(kinds, kind, title, device, plot, machine_peak=None) -> s
                          f"{ours / tp:.2f}x" if ours and tp else "-"])
         out += table(["variant", "precision", "median s/round", "IQR", "rounds", "real tokens/s", "padding",
                       "TFLOP/s", "MFU", "fastbert speed-up"], body) + "\n"
-    if kind == "train" and kinds.get("speedup"):
+    if kind == "train":
         out += ("The variants above ran one after another, so the machine's drift between them lands in their "
-                "ratios; the speed-up targets are judged by the interleaved measurement above.\n\n")
-    elif kind == "train" and device == "cpu":
-        out += targets({shape: {base: tps[base] and tps.get("fastbert", 0) / tps[base] for base in tps}
-                        for shape, tps in speeds.items()}, "real tokens/s, variants one after another")
+                "ratios; the CPU targets are judged by the interleaved measurement only.\n\n")
     out += (f"MFU: model FLOPs on real tokens (encoder matmuls + attention; backward = 2x forward) per second, "
             f"over the best bf16 matmul rate measured on this machine ({fmt(peak)} TFLOP/s).\n\n" if peak else "\n")
     if plot and any(v for s in speeds.values() for v in s.values()):
@@ -146,18 +152,30 @@ def throughput_section(kinds, kind, title, device, plot, machine_peak=None) -> s
     return out
 
 
-def targets(ratios: dict[str, dict[str, float]], how: str) -> str:
-    """The CPU issue's targets against ratios[shape][baseline] = fastbert's speed-up over that baseline."""
+def targets_section(rows, machine: dict) -> str:
+    """The CPU targets (bench/targets.py) judged on each interleaved record; machine: machine_info["fastbert"],
+    for records that do not carry their thread count or bf16 matmul rate."""
     lines = []
-    for shape, base, target in CPU_TARGETS:
-        r = ratios.get(shape, {}).get(base)
-        if r:
-            lines.append(f"- {shape}: fastbert / {base} = {r:.2f}x (target >= {target:g}x): "
-                         f"{'met' if r >= target else 'NOT met'}\n")
-    return f"CPU targets (training step, {how}):\n" + "".join(lines) + "\n" if lines else ""
+    for b in rows:
+        record = {"bf16_matmul_tflops": machine.get("bf16_matmul_tflops"), **b["extra_info"]}
+        lines += [f"- {v.line()}\n" for v in verdicts(record, machine.get("torch_threads"))]
+    return ("CPU targets (training step, variants interleaved; bench/targets.py): the median of the per-round values "
+            "against the target, the spread their interquartile range; `pytest bench/ --benchmark-only` fails on a "
+            "target missed by more than the spread.\n\n" + "".join(lines) + "\n")
 
 
-def speedup_section(kinds, device) -> str:
+def gpu_targets_section(benchmarks) -> str:
+    """The GPU targets (bench/gpu_targets.py): one line each, met or NOT met."""
+    rows = [b["extra_info"]["target"] for b in benchmarks if isinstance(b.get("extra_info", {}).get("target"), dict)]
+    if not rows:
+        return ""
+    body = [[t["what"] + (f" ({t['workload']})" if "workload" in t else ""), f"{t['value']:.2f}",
+             f">= {t['threshold']:g}", "met" if t["met"] else "NOT met"] for t in rows]
+    met = sum(t["met"] for t in rows)
+    return f"### GPU targets: {met} of {len(rows)} met\n\n" + table(["target", "measured", "target", ""], body) + "\n"
+
+
+def speedup_section(kinds, device, machine: dict | None = None) -> str:
     rows = sorted(kinds.get("speedup", []), key=lambda b: ["minilm", "bert-base"].index(b["extra_info"]["shape"]))
     if not rows:
         return ""
@@ -175,8 +193,7 @@ def speedup_section(kinds, device) -> str:
     out += f"{per_round} (SST / Quora / STS in turn).\n\n"
     out += table(["shape", "variant", "ms/step", "real tokens/s", "fastbert speed-up"], body) + "\n"
     if device == "cpu":
-        out += targets({b["extra_info"]["shape"]: b["extra_info"]["speedup"] for b in rows},
-                       "real tokens/s, variants interleaved")
+        out += targets_section(rows, machine or {})
     return out
 
 
@@ -390,7 +407,8 @@ def render(paths: list[str], plots: bool = True) -> str:
         fb = data["machine_info"].get("fastbert", {})
         doc += f"\n## {device.upper()}: {fb.get('device_name', '?')}\n\n" + machine_section(data, path) + "\n"
         peak = fb.get("bf16_matmul_tflops")
-        doc += speedup_section(kinds, device)
+        doc += gpu_targets_section(data["benchmarks"])
+        doc += speedup_section(kinds, device, fb)
         doc += throughput_section(kinds, "train", "Training step (forward + backward + optimizer)", device,
                                   p.get("train"), peak)
         doc += throughput_section(kinds, "inference", "Inference (forward, no grad)", device, p.get("inference"), peak)
@@ -405,13 +423,21 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("json", nargs="*", help="pytest-benchmark JSON files (default: bench/results/*.json)")
     ap.add_argument("--out", default=OUT_MD, help="markdown file to write (default: BENCHMARKS.md)")
+    ap.add_argument("--allow-dirty", action="store_true",
+                    help="let --run measure a tree with uncommitted changes (the report then says so loudly)")
+    ap.add_argument("--no-plots", action="store_true", help="tables only (no PNGs written into bench/results)")
     ap.add_argument("--run", nargs=argparse.REMAINDER, metavar="PYTEST_ARGS",
                     help="run the full suite first, into bench/results/<device>.json (the rest goes to pytest)")
     args = ap.parse_args(argv)
     code = 0
     if args.run is not None:
         sys.path.insert(0, ROOT)
-        from bench.conftest import device_name
+        from bench.machine import device_name, git_state
+
+        git = git_state(ROOT)
+        if git["dirty"] and not args.allow_dirty:
+            ap.error(f"the tree has uncommitted changes on top of {git['commit'][:10]}: commit them first "
+                     f"(results come from a named commit), or pass --allow-dirty")
 
         out = os.path.join(RESULTS, f"{device_name()}.json")
         code = subprocess.call([sys.executable, "-m", "pytest", "bench/", "--benchmark-only", f"--benchmark-json={out}",
@@ -420,7 +446,7 @@ def main(argv=None) -> int:
     if not paths:
         ap.error("no results: run `python bench/report.py --run` first")
     os.makedirs(RESULTS, exist_ok=True)
-    doc = render(paths)
+    doc = render(paths, plots=not args.no_plots)
     with open(args.out, "w") as f:
         f.write(doc)
     print(f"wrote {os.path.relpath(args.out)} from {', '.join(os.path.relpath(p) for p in paths)}")

@@ -20,7 +20,8 @@ import time
 import pytest
 import torch
 
-from fastbert.optim import FusedAdam
+from bench import gpu_targets
+from fastbert.optim import FusedAdam, FusedAdamW
 
 QUICK_ENV = os.environ.get("FASTBERT_BENCH_QUICK", "0") not in ("", "0")
 BYTES_PER_PARAM = 28  # fp32: read p, g, m, v; write p, m, v
@@ -128,3 +129,24 @@ def test_adam_step_cpu(benchmark, roofline_kernel, layout, variant):
         benchmark.extra_info["GB/s"] = round(BYTES_PER_PARAM * n / benchmark.stats.stats.median / 1e9, 2)
         benchmark.extra_info["roofline GB/s"] = round(BYTES_PER_PARAM * n / statistics.median(roof) / 1e9, 2)
         benchmark.extra_info["x_roofline"] = round(statistics.median(t / r for t, r in zip(times, roof)), 3)
+
+
+def test_adam_cuda_target(benchmark):
+    """CUDA: FusedAdamW and torch.optim.AdamW(fused=True) on BERT-base's 199 fp32 tensors against the memory
+    roofline, a device copy moving the same 28 bytes per parameter. Target: fastbert within 10% of it."""
+    gpu_targets.skip_unless_timed(benchmark)
+    params = [p.detach().cuda().requires_grad_() for p in make_params("bert", quick=False)]
+    ref = [p.detach().clone().requires_grad_() for p in params]
+    for p, r in zip(params, ref):
+        p.grad = torch.randn_like(p) * 1e-2
+        r.grad = p.grad.clone()
+    n = sum(p.numel() for p in params)
+    src = torch.empty(BYTES_PER_PARAM * n // 8, device="cuda")  # a copy reads and writes 4 bytes per element
+    dst = torch.empty_like(src)
+    fns = {"fastbert": FusedAdamW(params, lr=1e-5).step,
+           "torch_fused": torch.optim.AdamW(ref, lr=1e-5, fused=True).step,
+           "roofline": lambda: dst.copy_(src)}
+    benchmark.group = "GPU targets"
+    med = gpu_targets.timed_target(benchmark, "adam", fns, lambda m: m["roofline"] / m["fastbert"], params=n,
+                                   tensors=len(params))
+    benchmark.extra_info["GB/s"] = {k: BYTES_PER_PARAM * n / (v / 1e3) / 1e9 for k, v in med.items()}

@@ -26,6 +26,8 @@ from fastbert import backend, ops, use_backend
 from fastbert.data.readers import read_table
 from fastbert.ops import padding
 
+from bench import gpu_targets
+
 pytest.importorskip("triton")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -154,6 +156,17 @@ def test_attention(benchmark, workload, provider, mode):
         t = benchmark.stats.stats.median
         info.update(tflops=case.flops(mode) / t / 1e12, ideal_gbps=case.ideal_bytes(mode) / t / 1e9)
     benchmark.extra_info.update(info)
+
+
+@pytest.mark.parametrize("workload", ["sts", "imdb"])
+def test_attention_target(benchmark, workload):
+    """Target: fastbert's varlen attention forward+backward >= 1.3x SDPA's on real BERT batches (SDPA computes
+    the padding)."""
+    gpu_targets.skip_unless_timed(benchmark)
+    case = Case(lengths(workload), "cuda")
+    fns = {p: _runner(case, p, "fwd_bwd") for p in ("fastbert-varlen", "sdpa")}
+    benchmark.group = "GPU targets"
+    gpu_targets.timed_target(benchmark, "attention", fns, lambda m: m["sdpa"] / m["fastbert-varlen"], workload=workload)
 
 
 @pytest.mark.skipif(TIMED, reason="the CUDA timings check the kernels at full size")

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bench import gpu_targets
 from bench.conftest import cuda_step
 from fastbert import backend, ops, use_backend
 
@@ -51,6 +52,16 @@ def test_bias_gelu_speed(benchmark, impl, mode, dtype, n):
     benchmark(step)
     if benchmark.stats:
         benchmark.extra_info["GB/s"] = moved / benchmark.stats.stats.median / 1e9
+
+
+def test_bias_gelu_target(benchmark):
+    """Target: the fused bias + GELU forward+backward >= 2x torch eager (bf16, bert-base's FFN rows)."""
+    gpu_targets.skip_unless_timed(benchmark)
+    x = torch.randn(32 * 512, 3072, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    b = torch.randn(3072, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    fns = {impl: cuda_step("forward+backward", fn, (x, b)) for impl, fn in (("fastbert", _fused), ("torch", _eager))}
+    benchmark.group = "GPU targets"
+    gpu_targets.timed_target(benchmark, "bias_gelu", fns, lambda m: m["torch"] / m["fastbert"], rows=32 * 512, n=3072)
 
 
 @pytest.mark.skipif(CUDA, reason="the interpreter smoke check is for machines without CUDA")

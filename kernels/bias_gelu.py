@@ -10,10 +10,10 @@ import torch
 import triton
 import triton.language as tl
 
-from fastbert.backend import triton_interpreted
+from fastbert.kernels.utils import PTR, interpreted, programs
 
 BLOCK_N = 256
-BLOCK_M = 16 if triton_interpreted() else 8  # the interpreter pays per operation, not per element
+BLOCK_M = 16 if interpreted() else 8  # the interpreter pays per operation, not per element
 LAUNCH = dict(num_warps=8, num_stages=1, maxnreg=255)  # 8 elements per thread; maxnreg: else ptxas may spill
 
 
@@ -98,8 +98,7 @@ def bias_gelu_forward(x, bias, approximate):
 def _bwd_row_programs(M, col_blocks, device):
     """Row programs per column block with a bias: about 4 programs per SM in all (fewer partial sums),
     2 in the interpreter; each walks every programs-th row tile."""
-    target = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
-    return min(triton.cdiv(M, BLOCK_M), triton.cdiv(target, col_blocks))
+    return min(triton.cdiv(M, BLOCK_M), triton.cdiv(programs(device, 2), col_blocks))
 
 
 def bias_gelu_backward(grad_out, x, bias, approximate):
@@ -119,13 +118,10 @@ def bias_gelu_backward(grad_out, x, bias, approximate):
 
 # -- every variant the launchers can pick, for the ahead-of-time compile test --
 
-_PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
-
-
 def aot_specs():
     specs = []
-    for xdt, tanh in itertools.product(_PTR, (False, True)):
-        x = _PTR[xdt]
+    for xdt, tanh in itertools.product(PTR, (False, True)):
+        x = PTR[xdt]
         for b in dict.fromkeys([None, x, "*fp32"]):  # no bias, or one in x's dtype or fp32
             constexprs = dict(HAS_BIAS=b is not None, TANH=tanh, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
             tag = f"x={x[1:]} bias={(b or '-').lstrip('*')} approximate={'tanh' if tanh else 'none'}"

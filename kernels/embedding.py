@@ -5,7 +5,7 @@ in fp32 and applies the dropout after the norm (fastbert.ops.philox, index row *
 program walks a block of tokens, recomputes the sum from the tables (nothing [tokens, N] is saved),
 writes the fp32 gradient of the sum and keeps partial sums of grad_weight / grad_bias; torch then
 scatter-adds that gradient into the three tables (index_add_). Tiles, launch options and the dropout mask
-are layer_norm's (kernels/layer_norm.py).
+are layer_norm's (kernels/utils.py).
 """
 import itertools
 
@@ -13,8 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastbert.kernels.layer_norm import _PTR, _bwd_rows_per_program, _check, _config, _dropout_args, _keep, \
-    _param_dtype
+from fastbert.kernels.utils import PTR, TILE, bwd_rows_per_program, check_row_size, dropout_args, keep_rows, \
+    param_dtype, row_config, row_variants
 
 
 @triton.jit
@@ -44,7 +44,7 @@ def _embedding_ln_fwd(IDS, TYPES, POS, WORD, TYPE_T, POS_T, W, B, OUT, MEAN, RST
     b = tl.load(B + cols, mask=cols < N, other=0.0).to(tl.float32)
     y = hc * rstd[:, None] * w[None, :] + b[None, :]
     if HAS_DROPOUT:
-        y = tl.where(_keep(seed, rows, N, threshold, ROWS, BLOCK_N, ALIGNED), y * scale, 0.0)
+        y = tl.where(keep_rows(seed, rows, N, threshold, ROWS, BLOCK_N, ALIGNED), y * scale, 0.0)
     tl.store(OUT + (rows * N)[:, None] + cols[None, :], y.to(OUT.dtype.element_ty), mask=mask)
     tl.store(MEAN + rows, mean, mask=row_ok)
     tl.store(RSTD + rows, rstd, mask=row_ok)
@@ -67,7 +67,7 @@ def _embedding_ln_bwd(DY, IDS, TYPES, POS, WORD, TYPE_T, POS_T, W, MEAN, RSTD, D
         offs = (rows * N)[:, None] + cols[None, :]
         dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
         if HAS_DROPOUT:
-            dy = tl.where(_keep(seed, rows, N, threshold, ROWS, BLOCK_N, ALIGNED), dy * scale, 0.0)
+            dy = tl.where(keep_rows(seed, rows, N, threshold, ROWS, BLOCK_N, ALIGNED), dy * scale, 0.0)
         h = _gather_sum(IDS, TYPES, POS, WORD, TYPE_T, POS_T, rows, cols, row_ok, mask, N)
         mean = tl.load(MEAN + rows, mask=row_ok, other=0.0)[:, None]
         rstd = tl.load(RSTD + rows, mask=row_ok, other=0.0)[:, None]
@@ -84,13 +84,21 @@ def _embedding_ln_bwd(DY, IDS, TYPES, POS, WORD, TYPE_T, POS_T, W, MEAN, RSTD, D
     tl.store(DB + part, tl.sum(db, axis=0), mask=cols < N)
 
 
+# -- configuration: the launchers and aot_specs() both pick from here, so the AOT test covers every variant --
+
+def _config(n, dropout, backward=False):
+    """(constexprs, launch options) for rows of n elements: the row tiling of kernels/utils.py, TILE elements
+    per tile."""
+    return row_config(n, dropout, backward, TILE)
+
+
 # -- launchers: the kernel contract of fastbert.ops.embedding --
 
 def embedding_layer_norm_forward(input_ids, token_type_ids, position_ids, word, token_type, position, weight, bias,
                                  eps, dropout_p, seed):
     M, N = input_ids.shape[0], word.shape[1]
-    _check(N)
-    wdt = _param_dtype(word.dtype, weight, bias)
+    check_row_size("embedding_layer_norm", N)
+    wdt = param_dtype(word.dtype, weight, bias)
     out = word.new_empty(M, N)
     mean = torch.empty(M, dtype=torch.float32, device=word.device)
     rstd = torch.empty_like(mean)
@@ -98,7 +106,7 @@ def embedding_layer_norm_forward(input_ids, token_type_ids, position_ids, word, 
         constexprs, launch = _config(N, dropout_p > 0)
         _embedding_ln_fwd[(triton.cdiv(M, constexprs["ROWS"]),)](
             input_ids, token_type_ids, position_ids, word, token_type, position, weight.to(wdt), bias.to(wdt), out,
-            mean, rstd, M, N, eps, *_dropout_args(dropout_p), seed, HAS_DROPOUT=dropout_p > 0, **constexprs,
+            mean, rstd, M, N, eps, *dropout_args(dropout_p), seed, HAS_DROPOUT=dropout_p > 0, **constexprs,
             **launch)
     return out, mean, rstd
 
@@ -106,17 +114,17 @@ def embedding_layer_norm_forward(input_ids, token_type_ids, position_ids, word, 
 def embedding_layer_norm_backward(grad_out, input_ids, token_type_ids, position_ids, word, token_type, position,
                                   weight, mean, rstd, dropout_p, seed, padding_idx):
     M, N = input_ids.shape[0], word.shape[1]
-    _check(N)
+    check_row_size("embedding_layer_norm", N)
     constexprs, launch = _config(N, dropout_p > 0, backward=True)
-    per_program = _bwd_rows_per_program(M, constexprs["ROWS"], word.device)
+    per_program = bwd_rows_per_program(M, constexprs["ROWS"], word.device)
     programs = triton.cdiv(M, per_program) if M else 0
     grad_h = torch.empty(M, N, dtype=torch.float32, device=word.device)
     parts = torch.empty(2, programs, N, dtype=torch.float32, device=word.device)
     if M:
         _embedding_ln_bwd[(programs,)](
             grad_out, input_ids, token_type_ids, position_ids, word, token_type, position,
-            weight.to(_param_dtype(word.dtype, weight)), mean, rstd, grad_h, parts[0], parts[1], M, N, per_program,
-            *_dropout_args(dropout_p), seed, HAS_DROPOUT=dropout_p > 0, **constexprs, **launch)
+            weight.to(param_dtype(word.dtype, weight)), mean, rstd, grad_h, parts[0], parts[1], M, N, per_program,
+            *dropout_args(dropout_p), seed, HAS_DROPOUT=dropout_p > 0, **constexprs, **launch)
 
     def scatter(table, ids):  # fp32 sums, then the table's dtype
         return torch.zeros(table.shape, dtype=torch.float32, device=table.device).index_add_(0, ids, grad_h)
@@ -132,15 +140,12 @@ def embedding_layer_norm_backward(grad_out, input_ids, token_type_ids, position_
 
 def aot_specs():
     specs = []
-    sizes = [512 << k for k in range(4)]  # one n per BLOCK_N (512 ... 4096)
-    dropouts = [(False, 8), (True, 8), (True, 1)]  # (dropout, n % 8): none, grouped, per-element Philox
-    for tdt, n, (dropout, n_mod) in itertools.product(_PTR, sizes, dropouts):
-        t = _PTR[tdt]
-        size = n - 8 + n_mod
+    for tdt, (size, dropout, drop_tag) in itertools.product(PTR, row_variants()):
+        t = PTR[tdt]
         constexprs, launch = _config(size, dropout)
         bwd_launch = _config(size, dropout, backward=True)[1]
         flags = dict(HAS_DROPOUT=dropout, **constexprs)
-        tag = f"t={t[1:]} drop={'-' if not dropout else 'ge'[n_mod != 8]} BLOCK_N={constexprs['BLOCK_N']}"
+        tag = f"t={t[1:]} {drop_tag}"
         for w in dict.fromkeys([t, "*fp32"]):  # norm weights in the tables' dtype or fp32
             ids = dict(IDS="*i64", TYPES="*i64", POS="*i64", WORD=t, TYPE_T=t, POS_T=t, W=w)
             sig = dict(**ids, B=w, OUT=t, MEAN="*fp32", RSTD="*fp32", M="i32", N="i32", eps="fp32",

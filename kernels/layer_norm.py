@@ -14,33 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastbert.backend import triton_interpreted
-
-MAX_N = 4096
-MIN_BLOCK = 512  # shorter rows share one compiled variant (masked lanes), keeping the variant count down
-# Elements a program holds at a time; the interpreter pays per operation, not per element: 16x larger.
-TILE = 32768 if triton_interpreted() else 2048
-
-
-@triton.jit
-def _keep(seed, rows, N, threshold, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, ALIGNED: tl.constexpr):
-    """Dropout keep mask [ROWS, BLOCK_N] of elements rows * N + col, per fastbert.ops.philox."""
-    if ALIGNED:
-        # N % 8 == 0: rows start Philox groups and one call feeds 8 elements; generate per [row, group, 8].
-        groups = (rows * N >> 3)[:, None] + tl.arange(0, BLOCK_N // 8)[None, :]
-        r0, r1, r2, r3 = tl.randint4x(seed, groups)
-        e = tl.arange(0, 8)[None, None, :]
-        word = tl.where(e < 2, r0[:, :, None], tl.where(e < 4, r1[:, :, None],
-                                                        tl.where(e < 6, r2[:, :, None], r3[:, :, None])))
-        keep = ((word >> ((e & 1) * 16).to(tl.uint32)) & 0xFFFF).to(tl.int32) >= threshold
-        return tl.reshape(keep, [ROWS, BLOCK_N])
-    else:
-        # Rows start inside Philox groups: one call per element.
-        i = (rows * N)[:, None] + tl.arange(0, BLOCK_N)[None, :]
-        r0, r1, r2, r3 = tl.randint4x(seed, i >> 3)
-        w = (i & 7) >> 1
-        word = tl.where(w == 0, r0, tl.where(w == 1, r1, tl.where(w == 2, r2, r3)))
-        return ((word >> (16 * (i & 1)).to(tl.uint32)) & 0xFFFF).to(tl.int32) >= threshold
+from fastbert.kernels.utils import PTR, TILE, bwd_rows_per_program, check_row_size, dropout_args, keep_rows, \
+    param_dtype, row_config, row_variants
 
 
 @triton.jit
@@ -55,7 +30,7 @@ def _layer_norm_fwd(X, W, B, R, IB, OUT, H, MEAN, RSTD, M, N, eps, threshold, sc
     if HAS_INPUT_BIAS:
         h += tl.load(IB + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
     if HAS_DROPOUT:
-        h = tl.where(_keep(seed, rows, N, threshold, ROWS, BLOCK_N, ALIGNED), h * scale, 0.0)
+        h = tl.where(keep_rows(seed, rows, N, threshold, ROWS, BLOCK_N, ALIGNED), h * scale, 0.0)
     if HAS_RESIDUAL:
         h += tl.load(R + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL or HAS_INPUT_BIAS or HAS_DROPOUT:
@@ -99,7 +74,7 @@ def _layer_norm_bwd(DY, H, W, MEAN, RSTD, DH, DX, DW, DB, DIB, M, N, rows_per_pr
         dw += dy * xhat
         db += dy
         if HAS_DROPOUT:
-            dh = tl.where(_keep(seed, rows, N, threshold, ROWS, BLOCK_N, ALIGNED), dh * scale, 0.0)
+            dh = tl.where(keep_rows(seed, rows, N, threshold, ROWS, BLOCK_N, ALIGNED), dh * scale, 0.0)
             tl.store(DX + offs, dh.to(DX.dtype.element_ty), mask=mask)
         if HAS_INPUT_BIAS:
             dib += dh
@@ -113,43 +88,17 @@ def _layer_norm_bwd(DY, H, W, MEAN, RSTD, DH, DX, DW, DB, DIB, M, N, rows_per_pr
 # -- configuration: the launchers and aot_specs() both pick from here, so the AOT test covers every variant --
 
 def _config(n, dropout, backward=False):
-    """Constexprs and launch options for rows of n elements: BLOCK_N = next power of two (at least
-    MIN_BLOCK), ROWS rows per tile of TILE elements; 8 elements per thread in forward, 4 in backward (it
-    holds more per element: at 8, BLOCK_N=4096 needs 16 warps and spills under their 128-register cap).
-    maxnreg states the register file's share per thread, else ptxas may spill a few bytes for occupancy."""
-    block_n = max(MIN_BLOCK, triton.next_power_of_2(n))
-    rows = max(1, TILE // block_n)
-    num_warps = min(rows * block_n // (128 if backward else 256), 32)
-    return (dict(ALIGNED=dropout and n % 8 == 0, ROWS=rows, BLOCK_N=block_n),
-            dict(num_warps=num_warps, num_stages=1, maxnreg=min(255, 65536 // (32 * num_warps))))
+    """(constexprs, launch options) for rows of n elements: the row tiling of kernels/utils.py, TILE elements
+    per tile."""
+    return row_config(n, dropout, backward, TILE)
 
 
-def _param_dtype(x_dtype, *params):
-    """Weights and biases load in x's dtype or in fp32: other mixes are cast up (N elements, exact)."""
-    return x_dtype if all(p.dtype == x_dtype for p in params if p is not None) else torch.float32
-
-
-def _bwd_rows_per_program(rows, tile_rows, device):
-    """Rows per backward program, a multiple of the tile: a few programs per SM on a GPU (few partial sums
-    to add up afterwards), a handful in the interpreter."""
-    programs = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    return triton.cdiv(triton.cdiv(rows, programs), tile_rows) * tile_rows
-
-
-def _check(n):
-    if not 1 <= n <= MAX_N:
-        raise ValueError(f"layer_norm: the triton kernel supports hidden sizes 1..{MAX_N}, got {n}")
-
-
-def _dropout_args(dropout_p):
-    threshold = min(65536, round(dropout_p * 65536))  # fastbert.ops.philox.threshold
-    return threshold, 1.0 / (1.0 - dropout_p)
-
+# -- launchers: the kernel contract of fastbert.ops.layer_norm --
 
 def layer_norm_forward(x, weight, bias, residual, input_bias, eps, dropout_p, seed):
     M, N = x.shape
-    _check(N)
-    wdt = _param_dtype(x.dtype, weight, bias, input_bias)
+    check_row_size("layer_norm", N)
+    wdt = param_dtype(x.dtype, weight, bias, input_bias)
     weight, bias = weight.to(wdt), bias.to(wdt)
     input_bias = None if input_bias is None else input_bias.to(wdt)
     if residual is not None and residual.dtype not in (x.dtype, torch.float32):
@@ -163,7 +112,7 @@ def layer_norm_forward(x, weight, bias, residual, input_bias, eps, dropout_p, se
         constexprs, launch = _config(N, dropout_p > 0)
         _layer_norm_fwd[(triton.cdiv(M, constexprs["ROWS"]),)](
             x, weight, bias, x if residual is None else residual, weight if input_bias is None else input_bias,
-            out, h if keep_h else out, mean, rstd, M, N, eps, *_dropout_args(dropout_p), seed,
+            out, h if keep_h else out, mean, rstd, M, N, eps, *dropout_args(dropout_p), seed,
             HAS_RESIDUAL=residual is not None, HAS_INPUT_BIAS=input_bias is not None, HAS_DROPOUT=dropout_p > 0,
             **constexprs, **launch)
     return out, h, mean, rstd
@@ -171,19 +120,19 @@ def layer_norm_forward(x, weight, bias, residual, input_bias, eps, dropout_p, se
 
 def layer_norm_backward(grad_out, h, weight, mean, rstd, dropout_p, seed, has_input_bias):
     M, N = h.shape
-    _check(N)
-    weight = weight.to(_param_dtype(h.dtype, weight))
+    check_row_size("layer_norm", N)
+    weight = weight.to(param_dtype(h.dtype, weight))
     grad_out = grad_out.to(h.dtype)
     grad_h = torch.empty_like(h)
     grad_x = torch.empty_like(h) if dropout_p > 0 else h.new_empty(0)
     constexprs, launch = _config(N, dropout_p > 0, backward=True)
-    per_program = _bwd_rows_per_program(M, constexprs["ROWS"], h.device)
+    per_program = bwd_rows_per_program(M, constexprs["ROWS"], h.device)
     programs = triton.cdiv(M, per_program) if M else 0
     parts = torch.empty(3 if has_input_bias else 2, programs, N, dtype=torch.float32, device=h.device)
     if M:
         _layer_norm_bwd[(programs,)](
             grad_out, h, weight, mean, rstd, grad_h, grad_x if dropout_p > 0 else grad_h, parts[0], parts[1],
-            parts[-1], M, N, per_program, *_dropout_args(dropout_p), seed,
+            parts[-1], M, N, per_program, *dropout_args(dropout_p), seed,
             HAS_INPUT_BIAS=has_input_bias, HAS_DROPOUT=dropout_p > 0, **constexprs, **launch)
     sums = [part.sum(0) for part in parts]  # separate tensors: custom-op outputs may not alias
     return grad_h, grad_x, sums[0], sums[1], sums[2] if has_input_bias else h.new_empty(0)
@@ -191,18 +140,13 @@ def layer_norm_backward(grad_out, h, weight, mean, rstd, dropout_p, seed, has_in
 
 # -- every variant the launchers can pick, for the ahead-of-time compile test --
 
-_PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
-
-
 def aot_specs():
     specs = []
-    sizes = [MIN_BLOCK << k for k in range((MAX_N // MIN_BLOCK).bit_length())]  # one n per BLOCK_N
-    dropouts = [(False, 8), (True, 8), (True, 1)]  # (dropout, n % 8): no dropout, grouped, per-element Philox
-    for xdt, n, (dropout, n_mod), ib in itertools.product(_PTR, sizes, dropouts, (False, True)):
-        x = _PTR[xdt]
-        constexprs, launch = _config(n - 8 + n_mod, dropout)
-        bwd_launch = _config(n - 8 + n_mod, dropout, backward=True)[1]
-        tag = f"ib={ib:d} drop={'-' if not dropout else 'ge'[n_mod != 8]} BLOCK_N={constexprs['BLOCK_N']}"
+    for xdt, (n, dropout, drop_tag), ib in itertools.product(PTR, row_variants(), (False, True)):
+        x = PTR[xdt]
+        constexprs, launch = _config(n, dropout)
+        bwd_launch = _config(n, dropout, backward=True)[1]
+        tag = f"ib={ib:d} {drop_tag}"
         for w in dict.fromkeys([x, "*fp32"]):  # weights in x's dtype or fp32
             for r in dict.fromkeys([None, x, "*fp32"]):  # no residual, or one in x's dtype or fp32
                 flags = dict(HAS_RESIDUAL=r is not None, HAS_INPUT_BIAS=ib, HAS_DROPOUT=dropout, **constexprs)

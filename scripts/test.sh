@@ -11,6 +11,9 @@ if ls csrc/cpu/*.cpp >/dev/null 2>&1; then
   ctest --test-dir build/cmake --output-on-failure
 fi
 python -m pytest tests -q
+# The same Triton tests with the interpreter off, as on a machine with neither GPU nor interpreter: each must
+# skip with its reason (tests/_device.py), none may fail. Mostly skips: ~25 s here.
+TRITON_INTERPRET=0 python -m pytest tests -q -m triton
 if [ -d bench ] && ls bench/test_*.py >/dev/null 2>&1; then
   python -m pytest bench -q --benchmark-disable
 fi

@@ -1,16 +1,21 @@
-import csv
 import os
 
 import pytest
 import torch
 
 # Without a GPU, Triton runs only in its interpreter, which must be chosen before any kernel module is
-# imported (importing torch imports no kernel). With a GPU the compiled kernels are tested.
+# imported (importing torch imports no kernel). With a GPU the compiled kernels are tested. An explicit
+# TRITON_INTERPRET=0 on a CPU machine is kept: the Triton tests then skip with their reason (tests/_device.py).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_DIR = os.environ.get("FASTBERT_DATA", os.path.join(ROOT, "..", "shared", "data"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "triton: runs Triton kernels (CUDA, or the interpreter on CPU)")
+    config.addinivalue_line("markers", "cuda: runs only on a CUDA GPU (skips elsewhere)")
 
 
 @pytest.fixture(scope="session")
@@ -20,22 +25,16 @@ def data_dir():
     return DATA_DIR
 
 
-def read_tsv_column(path, *names):
-    """Columns of a tab-separated file with a header row (QUOTE_NONE: quotes are text)."""
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(rows)
-        cols = [header.index(n) for n in names]
-        return [[r[c] for c in cols] for r in rows if len(r) == len(header)]
+@pytest.fixture(scope="session")
+def triton_device() -> torch.device:
+    """The device the Triton kernels run on here (tests/_device.py); skips the test where there is none."""
+    from tests._device import DEVICE, WHY_NOT
+
+    if DEVICE is None:
+        pytest.skip(WHY_NOT)
+    return torch.device(DEVICE)
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-
-
-def max_rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |actual - expected| / max |expected|: error relative to the tensor's scale."""
-    actual, expected = actual.detach().float(), expected.detach().float()
-    scale = expected.abs().max().clamp_min(1e-30)
-    return float((actual - expected).abs().max() / scale)

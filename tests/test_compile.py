@@ -3,20 +3,10 @@ code computes what eager code does. Eager calls skip the custom-op dispatch (fas
 these tests are where the custom-op path runs on CPU."""
 import pytest
 import torch
-from torch._dynamo.backends.registry import lookup_backend
 
 import fastbert
 from fastbert import BertConfig, BertModel, ops
-
-
-def recording_backend(seen: set):
-    aot_eager = lookup_backend("aot_eager")  # AOTAutograd on fake tensors: uses the fake and autograd registrations
-
-    def backend(gm, example_inputs):
-        seen.update(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
-        return aot_eager(gm, example_inputs)
-
-    return backend
+from tests._compile import recording_backend
 
 
 @pytest.fixture(autouse=True)

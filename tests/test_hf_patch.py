@@ -1,6 +1,6 @@
 """fastbert.patch_hf_bert: a patched transformers BERT computes what the unpatched one does, on HF's own
 parameters (outputs and every parameter gradient, dropout off), with the reference ops and with the Triton
-kernels (interpreter on CPU)."""
+kernels (compiled on CUDA, the interpreter on CPU: the triton_device fixture)."""
 import copy
 
 import pytest
@@ -36,20 +36,20 @@ def _forward_backward(model, ids, mask, types):
     out = model(input_ids=ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True)
     hidden = out.hidden_states[-1][mask.bool()]  # padded positions differ by design (see fastbert.hf)
     g = torch.Generator().manual_seed(1)
-    loss = (hidden * torch.randn(hidden.shape, generator=g)).sum() + (out.logits * torch.randn(3, generator=g)).sum()
+    weights = [torch.randn(shape, generator=g).to(ids.device) for shape in (hidden.shape, 3)]
+    loss = (hidden * weights[0]).sum() + (out.logits * weights[1]).sum()
     loss.backward()
     return hidden.detach(), out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])  # additive and boolean 4-D masks
 @pytest.mark.parametrize("hidden_act", ["gelu", "gelu_pytorch_tanh"])
-@pytest.mark.parametrize("op_backend", ["reference", "triton"])
-def test_patched_model_matches_hf(attn_implementation, hidden_act, op_backend):
-    if op_backend == "triton":
-        pytest.importorskip("triton")
-    hf = _model(attn_implementation, hidden_act)
+@pytest.mark.parametrize("op_backend", ["reference", pytest.param("triton", marks=pytest.mark.triton)])
+def test_patched_model_matches_hf(attn_implementation, hidden_act, op_backend, request):
+    device = request.getfixturevalue("triton_device") if op_backend == "triton" else torch.device("cpu")
+    hf = _model(attn_implementation, hidden_act).to(device)
     fast = fastbert.patch_hf_bert(copy.deepcopy(hf), backend=op_backend)
-    batch = _batch()
+    batch = [t.to(device) for t in _batch()]
     hidden, logits, grads = _forward_backward(fast, *batch)
     ref_hidden, ref_logits, ref_grads = _forward_backward(hf, *batch)
     torch.testing.assert_close(hidden, ref_hidden, atol=2e-5, rtol=1e-5)

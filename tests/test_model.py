@@ -6,7 +6,8 @@ import torch
 
 from fastbert import BertConfig, BertForMaskedLM, BertModel, BertTokenizer
 from fastbert.pretrained import default_path, to_fastbert
-from tests.conftest import max_rel_err, read_tsv_column
+from tests._data import read_tsv_column
+from tests._tolerance import max_rel_err
 
 transformers = pytest.importorskip("transformers")
 
@@ -148,8 +149,8 @@ def test_bucketing_is_on_for_cpu_bf16_only():
                         intermediate_size=96, max_position_embeddings=64)
     model = BertModel(config)
     cpu = torch.device("cpu")
-    assert not model._bucketed(cpu) and not model._bucketed(torch.device("cuda"))
+    assert not model.bucketed(cpu) and not model.bucketed(torch.device("cuda"))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert model._bucketed(cpu)
-    assert model.to(torch.bfloat16)._bucketed(cpu)
-    assert not BertModel(config, bucket_tokens=False).to(torch.bfloat16)._bucketed(cpu)
+        assert model.bucketed(cpu)
+    assert model.to(torch.bfloat16).bucketed(cpu)
+    assert not BertModel(config, bucket_tokens=False).to(torch.bfloat16).bucketed(cpu)

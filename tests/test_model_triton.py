@@ -1,18 +1,19 @@
 """A small BERT on backend "triton" equals backend "reference": outputs, an MLM + pooler loss and every
 parameter gradient, padded (unpad=False: the padded attention kernel) with dropout on (the same torch seed
 draws the same Philox masks on both backends) and packed (the varlen kernel) with dropout off. The kernel
-tests cover the other combinations (packed dropout equals padded dropout bit for bit)."""
+tests cover the other combinations (packed dropout equals padded dropout bit for bit). On CUDA the model runs
+the compiled kernels (tests/_device.py)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from fastbert import BertConfig, BertForMaskedLM, use_backend
 from fastbert.ops import padding
-from tests.conftest import max_rel_err
+from tests._device import DEVICE, TRITON_MARKS
+from tests._tolerance import max_rel_err
 
+pytestmark = TRITON_MARKS
 pytest.importorskip("triton")
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _batch(packed: bool):

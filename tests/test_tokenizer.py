@@ -5,7 +5,7 @@ import torch
 
 from fastbert import BertTokenizer
 from fastbert.pretrained import default_path
-from tests.conftest import read_tsv_column
+from tests._data import read_tsv_column
 
 transformers = pytest.importorskip("transformers")
 

@@ -11,9 +11,11 @@ writes them) is unquoted. Comma CSVs use standard CSV quoting, so fields may spa
 found by header name, so extra or doubled index columns (ids-sst-test-student.csv) do not matter; every
 row must have the header's field count.
 
-A bad row (wrong field count, empty text, missing or unparsable label, label out of range) raises
-DataError("file:line: why"); with `skipped=[]` it is appended there instead and left out. A file with
-no usable rows is always an error.
+A bad row (wrong field count, empty text, missing or unparsable label, label out of range, bytes that
+are not UTF-8, a NUL byte, a line csv cannot parse) raises DataError("file:line: why"); with `skipped=[]`
+it is appended there instead and left out. Bytes are decoded row by row (undecodable ones kept as
+surrogate escapes until the row is checked), so one bad row does not stop the others. A file with no
+usable rows is always an error.
 """
 from __future__ import annotations
 
@@ -26,12 +28,15 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 
+from fastbert.errors import UserError
+
 csv.field_size_limit(sys.maxsize)  # cfimdb reviews and Yelp texts run past the default 128 KiB cap
 
 _QUOTED = re.compile(r'"((?:[^"]|"")*)"')
+_UNREADABLE = re.compile("[\udc80-\udcff\x00]")  # an undecodable byte (surrogateescape) or a NUL byte
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data file that cannot be read as asked: the message starts with file:line."""
 
 
@@ -48,22 +53,44 @@ def _unquote(field: str) -> str:
 
 
 def _rows(path: str, delimiter: str):
-    """(line number, fields) for every record after the header, and the header."""
-    with open(path, encoding="utf-8", newline="") as f:
-        if delimiter == "\t":
-            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+    """The header, then (line number, fields or the csv.Error of that line) for every record after it."""
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        tsv = delimiter == "\t"
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if tsv else csv.reader(f, delimiter=delimiter)
+        try:
             header = next(reader, None)
-            yield header
-            for fields in reader:
-                yield reader.line_num, [_unquote(x) for x in fields]
-        else:
-            reader = csv.reader(f, delimiter=delimiter)
-            header = next(reader, None)
-            yield header
-            start = reader.line_num + 1
-            for fields in reader:  # a record may span lines: report the line it starts on
-                yield start, fields
+        except csv.Error as e:
+            raise DataError(f"{path}:1: {e}") from None
+        yield header
+        start = reader.line_num + 1
+        while True:  # a record may span lines (comma CSV): report the line it starts on
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                yield start, e
                 start = reader.line_num + 1
+                continue
+            yield start, [_unquote(x) for x in fields] if tsv else fields
+            start = reader.line_num + 1
+
+
+def _unreadable(text: str) -> str | None:
+    """What in `text` is not text: its first byte that is not UTF-8, or a NUL byte; None if nothing."""
+    m = _UNREADABLE.search(text)
+    if m is None:
+        return None
+    what = "a NUL byte" if m[0] == "\x00" else f"byte 0x{ord(m[0]) - 0xDC00:02x}, which is not UTF-8"
+    return f"{what} (binary data, or another encoding?)"
+
+
+def _check_bytes(fields: list[str]) -> None:
+    """ValueError naming the first field that is not text (see _unreadable)."""
+    for i, field in enumerate(fields, 1):
+        why = _unreadable(field)
+        if why:
+            raise ValueError(f"field {i} holds {why}")
 
 
 def parse_label(raw: str, kind: str, *, num_labels: int | None = None, label_map: Mapping | None = None,
@@ -110,6 +137,10 @@ def read_table(path: str, *, text: Sequence[str], label: str | None = None, id: 
     header = next(rows)
     if not header:
         raise DataError(f"{path}:1: empty file (no header row)")
+    try:
+        _check_bytes(header)
+    except ValueError as e:
+        raise DataError(f"{path}:1: header: {e}") from None
     header = [h.strip() for h in header]
 
     def column(name):
@@ -124,10 +155,13 @@ def read_table(path: str, *, text: Sequence[str], label: str | None = None, id: 
     out = []
     for line, fields in rows:
         try:
+            if isinstance(fields, csv.Error):
+                raise ValueError(f"unreadable line ({fields})")
             if len(fields) != len(header):
                 raise ValueError(f"{len(fields)} fields, the header has {len(header)}")
             if any(fields[c] != v for c, v in where_cols.items()):
                 continue
+            _check_bytes(fields)
             texts = tuple(fields[c].strip() for c in text_cols)
             if unescape:
                 texts = tuple(json.loads(f'"{t}"', strict=False) for t in texts)
@@ -150,12 +184,21 @@ def read_table(path: str, *, text: Sequence[str], label: str | None = None, id: 
     return out
 
 
-def read_text(path: str) -> list[Example]:
-    """Plain text: one example per non-empty line."""
+def read_text(path: str, skipped: list[str] | None = None) -> list[Example]:
+    """Plain text: one example per non-empty line (a line that is not UTF-8 text: DataError, or skipped)."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file")
-    with open(path, encoding="utf-8") as f:
-        out = [Example(str(i), (line.strip(),)) for i, line in enumerate(f, 1) if line.strip()]
+    out = []
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        for i, line in enumerate(f, 1):
+            why = _unreadable(line)
+            if why:
+                if skipped is None:
+                    raise DataError(f"{path}:{i}: the line holds {why} (--skip-bad-rows skips such rows)")
+                skipped.append(f"{path}:{i}: the line holds {why}")
+                continue
+            if line.strip():
+                out.append(Example(str(i), (line.strip(),)))
     if not out:
         raise DataError(f"{path}: no text")
     return out

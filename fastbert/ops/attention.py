@@ -22,13 +22,13 @@ reference for them.
 """
 from __future__ import annotations
 
-import importlib
 import math
 
 import torch
+from torch import Tensor
 
 from fastbert import backend
-from fastbert.ops import _autograd, _checks, padding, philox
+from fastbert.ops import _checks, _fused, padding, philox
 
 KERNELS = ("triton", "cpu")
 
@@ -36,13 +36,14 @@ KERNELS = ("triton", "cpu")
 def _resolve(op, q):
     """The implementation to run; "auto" leaves Triton for the reference on head dims it has no kernel for."""
     impl = backend.resolve(op, q.device, KERNELS)
-    if impl == "triton" and backend.get_backend() == "auto" and not _kernels("triton").supports(q):
+    if impl == "triton" and backend.get_backend() == "auto" and not _OP.kernels("triton").supports(q):
         return "reference"
     return impl
 
 
 def _check_qkv(op, q, k, v, dims):
     _checks.tensor(op, "q", q, dim=dims)
+    _checks.features(op, "q", q, what="head dim")
     for name, t in (("k", k), ("v", v)):
         _checks.tensor(op, name, t, dim=dims, dtypes=(q.dtype,), device=q.device, shape=tuple(q.shape))
 
@@ -56,7 +57,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens: torch.
     B, S = q.shape[:2]
     if seqlens is None:
         seqlens = torch.full((B,), S, dtype=torch.int32, device=q.device)
-    _checks.tensor(op, "seqlens", seqlens, dim=1, dtypes=(torch.int32, torch.int64), device=q.device,
+    _checks.tensor(op, "seqlens", seqlens, dim=1, dtypes=_checks.INDEX_DTYPES, device=q.device,
                    shape=(B,))
     if seqlens.device.type == "cpu" and B and (int(seqlens.min()) < 0 or int(seqlens.max()) > S):
         raise ValueError(f"{op}: seqlens must lie in [0, {S}], got {seqlens.tolist()}")
@@ -66,7 +67,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens: torch.
     impl = _resolve(op, q)
     if impl == "reference":
         return attention_reference(q, k, v, seqlens, dropout_p, scale, seed)
-    return _forward_autograd(q, k, v, seqlens.to(torch.int32), scale, dropout_p, seed, impl)[0]
+    return _OP(q, k, v, seqlens.to(torch.int32), scale, dropout_p, seed, impl)[0]
 
 
 def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
@@ -91,7 +92,7 @@ def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     impl = _resolve(op, q)
     if impl == "reference":
         return attention_varlen_reference(q, k, v, cu_seqlens, max_seqlen, dropout_p, scale, seed)
-    return _varlen_forward_autograd(q, k, v, cu_seqlens, max_seqlen, scale, dropout_p, seed, impl)[0]
+    return _VARLEN_OP(q, k, v, cu_seqlens, max_seqlen, scale, dropout_p, seed, impl)[0]
 
 
 def attention_reference(q, k, v, seqlens, dropout_p=0.0, scale=None, seed=0):
@@ -121,106 +122,55 @@ def attention_varlen_reference(q, k, v, cu_seqlens, max_seqlen, dropout_p=0.0, s
     return out.reshape(n * max_seqlen, *q.shape[1:]).index_select(0, idx)
 
 
-# -- the kernels as torch custom ops (torch.compile traces them; autograd calls the backward kernel) --
+# -- the kernels as two fused ops (fastbert.ops._fused): their shapes for torch.compile, the autograd rules --
 
-def _kernels(impl: str):
-    return torch.ops.fastbert_C if impl == "cpu" else importlib.import_module("fastbert.kernels.attention")
-
-
-def _forward_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens: torch.Tensor, scale: float,
-                    dropout_p: float, seed: int, impl: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return tuple(_kernels(impl).attention_forward(q, k, v, seqlens, scale, dropout_p, seed))
-
-
-_forward = torch.library.custom_op("fastbert::attention_forward", _forward_kernel, mutates_args=())
-
-
-@_forward.register_fake
-def _(q, k, v, seqlens, scale, dropout_p, seed, impl):
+def _forward_fake(q: Tensor, k: Tensor, v: Tensor, seqlens: Tensor, scale: float, dropout_p: float,
+                  seed: int) -> tuple[Tensor, Tensor]:
     B, S, H, _ = q.shape
     return q.new_empty(q.shape), q.new_empty(B, H, S, dtype=torch.float32)
 
 
-def _backward_kernel(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                     lse: torch.Tensor, seqlens: torch.Tensor, scale: float, dropout_p: float, seed: int,
-                     impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return tuple(_kernels(impl).attention_backward(grad_out, q, k, v, out, lse, seqlens, scale, dropout_p, seed))
-
-
-_backward = torch.library.custom_op("fastbert::attention_backward", _backward_kernel, mutates_args=())
-
-
-@_backward.register_fake
-def _(grad_out, q, k, v, out, lse, seqlens, scale, dropout_p, seed, impl):
+def _backward_fake(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, seqlens: Tensor,
+                   scale: float, dropout_p: float, seed: int) -> tuple[Tensor, Tensor, Tensor]:
     return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, seqlens, scale, dropout_p, seed, impl = inputs
-    ctx.save_for_backward(q, k, v, output[0], output[1], seqlens)
-    ctx.mark_non_differentiable(output[1])  # lse, saved for the backward only: autograd makes no zero grad for it
-    ctx.set_materialize_grads(False)
-    ctx.args = (scale, dropout_p, seed, impl)
-
-
-def _autograd_backward(ctx, grad_out, _grad_lse):
-    q, k, v, out, lse, seqlens = ctx.saved_tensors
-    dq, dk, dv = _autograd.pick(_backward, _backward_kernel)(grad_out.contiguous(), q, k, v, out, lse, seqlens,
-                                                             *ctx.args)
-    return dq, dk, dv, None, None, None, None, None
-
-
-_forward_autograd = _autograd.register(_forward, _forward_kernel, _setup_context, _autograd_backward)
-
-
-def _varlen_forward_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
-                           max_seqlen: int, scale: float, dropout_p: float, seed: int,
-                           impl: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return tuple(_kernels(impl).attention_varlen_forward(q, k, v, cu_seqlens, max_seqlen, scale, dropout_p, seed))
-
-
-_varlen_forward = torch.library.custom_op("fastbert::attention_varlen_forward", _varlen_forward_kernel,
-                                          mutates_args=())
-
-
-@_varlen_forward.register_fake
-def _(q, k, v, cu_seqlens, max_seqlen, scale, dropout_p, seed, impl):
+def _varlen_forward_fake(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, scale: float,
+                         dropout_p: float, seed: int) -> tuple[Tensor, Tensor]:
     T, H, _ = q.shape
     return q.new_empty(q.shape), q.new_empty(H, T, dtype=torch.float32)
 
 
-def _varlen_backward_kernel(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                            out: torch.Tensor, lse: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-                            scale: float, dropout_p: float, seed: int,
-                            impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return tuple(_kernels(impl).attention_varlen_backward(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen,
-                                                          scale, dropout_p, seed))
-
-
-_varlen_backward = torch.library.custom_op("fastbert::attention_varlen_backward", _varlen_backward_kernel,
-                                           mutates_args=())
-
-
-@_varlen_backward.register_fake
-def _(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, dropout_p, seed, impl):
+def _varlen_backward_fake(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                          cu_seqlens: Tensor, max_seqlen: int, scale: float, dropout_p: float,
+                          seed: int) -> tuple[Tensor, Tensor, Tensor]:
     return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
 
 
-def _varlen_setup_context(ctx, inputs, output):
-    q, k, v, cu_seqlens, max_seqlen, scale, dropout_p, seed, impl = inputs
-    ctx.save_for_backward(q, k, v, output[0], output[1], cu_seqlens)
-    ctx.mark_non_differentiable(output[1])
+def _setup_context(ctx, inputs, output):
+    """Both forms: saves q, k, v, out, lse and the sequence info (seqlens or cu_seqlens); keeps the scalars."""
+    q, k, v, seq_info, *scalars = inputs
+    ctx.save_for_backward(q, k, v, *output, seq_info)
+    ctx.mark_non_differentiable(output[1])  # lse, saved for the backward only: autograd makes no zero grad for it
     ctx.set_materialize_grads(False)
-    ctx.args = (max_seqlen, scale, dropout_p, seed, impl)
+    ctx.args = scalars  # (max_seqlen,) scale, dropout_p, seed, impl
 
 
-def _varlen_autograd_backward(ctx, grad_out, _grad_lse):
-    q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
-    max_seqlen, *rest = ctx.args
-    dq, dk, dv = _autograd.pick(_varlen_backward, _varlen_backward_kernel)(
-        grad_out.contiguous(), q, k, v, out, lse, cu_seqlens, max_seqlen, *rest)
-    return dq, dk, dv, None, None, None, None, None, None
+def _backward(ctx, grad_out, _grad_lse):
+    return _grads(_OP, ctx, grad_out)
 
 
-_varlen_forward_autograd = _autograd.register(_varlen_forward, _varlen_forward_kernel, _varlen_setup_context,
-                                              _varlen_autograd_backward)
+def _varlen_backward(ctx, grad_out, _grad_lse):
+    return _grads(_VARLEN_OP, ctx, grad_out)
+
+
+def _grads(op: _fused.FusedOp, ctx, grad_out) -> tuple:
+    """Both forms: dq, dk, dv from the backward kernel; nothing for the other inputs."""
+    dq, dk, dv = op.run_backward(grad_out.contiguous(), *ctx.saved_tensors, *ctx.args)
+    return (dq, dk, dv) + (None,) * (1 + len(ctx.args))
+
+
+_OP = _fused.FusedOp("attention", "fastbert.kernels.attention", _forward_fake, _backward_fake, _setup_context,
+                     _backward)
+_VARLEN_OP = _fused.FusedOp("attention_varlen", "fastbert.kernels.attention", _varlen_forward_fake,
+                            _varlen_backward_fake, _setup_context, _varlen_backward)

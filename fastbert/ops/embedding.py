@@ -20,16 +20,14 @@ Kernel contract (Triton: fastbert.kernels.embedding, CPU: torch.ops.fastbert_C),
 """
 from __future__ import annotations
 
-import importlib
-
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from fastbert import backend
-from fastbert.ops import _autograd, _checks, philox
+from fastbert.ops import _checks, _fused, philox
 
 KERNELS = ("triton", "cpu")
-_INDEX_DTYPES = (torch.int32, torch.int64)
 
 
 def embedding_layer_norm(input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor,
@@ -43,6 +41,7 @@ def embedding_layer_norm(input_ids: torch.Tensor, token_type_ids: torch.Tensor, 
     """
     op = "embedding_layer_norm"
     _checks.tensor(op, "word", word, dim=2)
+    _checks.features(op, "word", word)
     n = word.shape[1]
     for name, t in (("token_type", token_type), ("position", position)):
         _checks.tensor(op, name, t, dim=2, dtypes=(word.dtype,), device=word.device)
@@ -50,9 +49,9 @@ def embedding_layer_norm(input_ids: torch.Tensor, token_type_ids: torch.Tensor, 
             raise ValueError(f"{op}: {name} has shape {list(t.shape)}; expected {n} columns as word")
     for name, t in (("weight", weight), ("bias", bias)):
         _checks.tensor(op, name, t, device=word.device, shape=(n,))
-    _checks.tensor(op, "input_ids", input_ids, dtypes=_INDEX_DTYPES, device=word.device)
+    _checks.tensor(op, "input_ids", input_ids, dtypes=_checks.INDEX_DTYPES, device=word.device)
     for name, t in (("token_type_ids", token_type_ids), ("position_ids", position_ids)):
-        _checks.tensor(op, name, t, dtypes=_INDEX_DTYPES, device=word.device, shape=tuple(input_ids.shape))
+        _checks.tensor(op, name, t, dtypes=_checks.INDEX_DTYPES, device=word.device, shape=tuple(input_ids.shape))
     _checks.dropout_p(op, dropout_p)
     if padding_idx is not None:
         if not -word.shape[0] <= padding_idx < word.shape[0]:
@@ -64,9 +63,9 @@ def embedding_layer_norm(input_ids: torch.Tensor, token_type_ids: torch.Tensor, 
         return embedding_layer_norm_reference(input_ids, token_type_ids, position_ids, word, token_type, position,
                                               weight, bias, eps, dropout_p, seed, padding_idx)
     flat = lambda t: t.reshape(-1).to(torch.int64)  # noqa: E731
-    out = _forward_autograd(flat(input_ids), flat(token_type_ids), flat(position_ids), word.contiguous(),
-                   token_type.contiguous(), position.contiguous(), weight.contiguous(), bias.contiguous(), eps,
-                   dropout_p, seed, -1 if padding_idx is None else padding_idx, impl)[0]
+    out = _OP(flat(input_ids), flat(token_type_ids), flat(position_ids), word.contiguous(), token_type.contiguous(),
+              position.contiguous(), weight.contiguous(), bias.contiguous(), eps, dropout_p, seed,
+              -1 if padding_idx is None else padding_idx, impl)[0]
     return out.view(*input_ids.shape, n)
 
 
@@ -83,67 +82,37 @@ def embedding_layer_norm_reference(input_ids, token_type_ids, position_ids, word
     return out.to(word.dtype)
 
 
-# -- the kernels as torch custom ops (torch.compile traces them; autograd calls the backward kernel) --
+# -- the kernels as one fused op (fastbert.ops._fused): their shapes for torch.compile, the autograd rule --
 
-def _kernels(impl: str):
-    return torch.ops.fastbert_C if impl == "cpu" else importlib.import_module("fastbert.kernels.embedding")
-
-
-def _forward_kernel(input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor,
-                    word: torch.Tensor, token_type: torch.Tensor, position: torch.Tensor, weight: torch.Tensor,
-                    bias: torch.Tensor, eps: float, dropout_p: float, seed: int, padding_idx: int, impl: str
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return tuple(_kernels(impl).embedding_layer_norm_forward(
-        input_ids, token_type_ids, position_ids, word, token_type, position, weight, bias, eps, dropout_p, seed))
-
-
-_forward = torch.library.custom_op("fastbert::embedding_layer_norm_forward", _forward_kernel, mutates_args=())
-
-
-@_forward.register_fake
-def _(input_ids, token_type_ids, position_ids, word, token_type, position, weight, bias, eps, dropout_p, seed,
-      padding_idx, impl):
+def _forward_fake(input_ids: Tensor, token_type_ids: Tensor, position_ids: Tensor, word: Tensor, token_type: Tensor,
+                  position: Tensor, weight: Tensor, bias: Tensor, eps: float, dropout_p: float, seed: int,
+                  padding_idx: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The forward kernel's outputs; padding_idx (the backward kernel's) reaches only _setup_context."""
     stats = word.new_empty(input_ids.shape[0], dtype=torch.float32)
     return word.new_empty(input_ids.shape[0], word.shape[1]), stats, torch.empty_like(stats)
 
 
-def _backward_kernel(grad_out: torch.Tensor, input_ids: torch.Tensor, token_type_ids: torch.Tensor,
-                     position_ids: torch.Tensor, word: torch.Tensor, token_type: torch.Tensor, position: torch.Tensor,
-                     weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, dropout_p: float, seed: int,
-                     padding_idx: int, impl: str
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return tuple(_kernels(impl).embedding_layer_norm_backward(
-        grad_out, input_ids, token_type_ids, position_ids, word, token_type, position, weight, mean, rstd, dropout_p,
-        seed, padding_idx))
-
-
-_backward = torch.library.custom_op("fastbert::embedding_layer_norm_backward", _backward_kernel, mutates_args=())
-
-
-@_backward.register_fake
-def _(grad_out, input_ids, token_type_ids, position_ids, word, token_type, position, weight, mean, rstd, dropout_p,
-      seed, padding_idx, impl):
+def _backward_fake(grad_out: Tensor, input_ids: Tensor, token_type_ids: Tensor, position_ids: Tensor, word: Tensor,
+                   token_type: Tensor, position: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor, dropout_p: float,
+                   seed: int, padding_idx: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     f32 = lambda t: t.new_empty(t.shape, dtype=torch.float32)  # noqa: E731
     return torch.empty_like(word), torch.empty_like(token_type), torch.empty_like(position), f32(weight), f32(weight)
 
 
 def _setup_context(ctx, inputs, output):
-    input_ids, token_type_ids, position_ids, word, token_type, position, weight, bias, eps, p, seed, pad, impl = inputs
-    _, mean, rstd = output
-    ctx.save_for_backward(input_ids, token_type_ids, position_ids, word, token_type, position, weight, mean, rstd)
-    ctx.mark_non_differentiable(mean, rstd)  # saved for the backward only: autograd makes no zero grads for them
+    """Saves what the backward kernel reads: the ids, the tables and weight (inputs[:7]), mean and rstd."""
+    ctx.save_for_backward(*inputs[:7], *output[1:])
+    ctx.mark_non_differentiable(*output[1:])  # saved for the backward only: autograd makes no zero grads for them
     ctx.set_materialize_grads(False)
-    ctx.args = (p, seed, pad, impl)
-    ctx.bias_dtype = bias.dtype
+    ctx.args = inputs[9:]  # dropout_p, seed, padding_idx, impl
+    ctx.dtypes = (inputs[6].dtype, inputs[7].dtype)  # weight, bias
 
 
-def _autograd_backward(ctx, grad_out, _grad_mean, _grad_rstd):
-    input_ids, token_type_ids, position_ids, word, token_type, position, weight, mean, rstd = ctx.saved_tensors
-    g_word, g_type, g_pos, g_w, g_b = _autograd.pick(_backward, _backward_kernel)(
-        grad_out.contiguous(), input_ids, token_type_ids, position_ids, word, token_type, position, weight, mean, rstd,
-        *ctx.args)
-    return (None, None, None, g_word, g_type, g_pos, g_w.to(weight.dtype), g_b.to(ctx.bias_dtype), None, None, None,
-            None, None)
+def _backward(ctx, grad_out, _grad_mean, _grad_rstd):
+    g_word, g_type, g_pos, g_w, g_b = _OP.run_backward(grad_out.contiguous(), *ctx.saved_tensors, *ctx.args)
+    w_dtype, b_dtype = ctx.dtypes
+    return (None, None, None, g_word, g_type, g_pos, g_w.to(w_dtype), g_b.to(b_dtype)) + (None,) * 5
 
 
-_forward_autograd = _autograd.register(_forward, _forward_kernel, _setup_context, _autograd_backward)
+_OP = _fused.FusedOp("embedding_layer_norm", "fastbert.kernels.embedding", _forward_fake, _backward_fake,
+                     _setup_context, _backward, kernel_args=11)

@@ -17,13 +17,12 @@ Kernel contract (Triton: fastbert.kernels.layer_norm, CPU: torch.ops.fastbert_C)
 """
 from __future__ import annotations
 
-import importlib
-
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from fastbert import backend
-from fastbert.ops import _autograd, _checks, philox
+from fastbert.ops import _checks, _fused, philox
 
 KERNELS = ("triton", "cpu")
 
@@ -36,7 +35,8 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
     x: [..., N]; weight, bias, input_bias: [N]; residual: x's shape (any float dtype).
     """
     op = "layer_norm"
-    _checks.tensor(op, "x", x)
+    _checks.tensor(op, "x", x, min_dim=1)
+    _checks.features(op, "x", x)
     n = x.shape[-1]
     for name, t in (("weight", weight), ("bias", bias), ("input_bias", input_bias)):
         if t is not None:
@@ -49,8 +49,8 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
     if impl == "reference":
         return layer_norm_reference(x, weight, bias, eps, residual, input_bias, dropout_p, seed)
     rows = lambda t: None if t is None else t.reshape(-1, n).contiguous()  # noqa: E731
-    out = _forward_autograd(rows(x), weight.contiguous(), bias.contiguous(), rows(residual),
-                   None if input_bias is None else input_bias.contiguous(), eps, dropout_p, seed, impl)[0]
+    out = _OP(rows(x), weight.contiguous(), bias.contiguous(), rows(residual),
+              None if input_bias is None else input_bias.contiguous(), eps, dropout_p, seed, impl)[0]
     return out.view(x.shape)
 
 
@@ -67,40 +67,17 @@ def layer_norm_reference(x, weight, bias, eps, residual=None, input_bias=None, d
     return F.layer_norm(h, h.shape[-1:], weight.float(), bias.float(), eps).to(x.dtype)
 
 
-# -- the kernels as torch custom ops (torch.compile traces them; autograd calls the backward kernel) --
+# -- the kernels as one fused op (fastbert.ops._fused): their shapes for torch.compile, the autograd rule --
 
-def _kernels(impl: str):
-    return torch.ops.fastbert_C if impl == "cpu" else importlib.import_module("fastbert.kernels.layer_norm")
-
-
-def _forward_kernel(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None,
-                    input_bias: torch.Tensor | None, eps: float, dropout_p: float, seed: int,
-             impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return tuple(_kernels(impl).layer_norm_forward(x, weight, bias, residual, input_bias, eps, dropout_p, seed))
-
-
-_forward = torch.library.custom_op("fastbert::layer_norm_forward", _forward_kernel, mutates_args=())
-
-
-@_forward.register_fake
-def _(x, weight, bias, residual, input_bias, eps, dropout_p, seed, impl):
+def _forward_fake(x: Tensor, weight: Tensor, bias: Tensor, residual: Tensor | None, input_bias: Tensor | None,
+                  eps: float, dropout_p: float, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     keep_h = residual is not None or input_bias is not None or dropout_p > 0
     stats = x.new_empty(x.shape[0], dtype=torch.float32)
     return torch.empty_like(x), torch.empty_like(x) if keep_h else x.new_empty(0), stats, torch.empty_like(stats)
 
 
-def _backward_kernel(grad_out: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,
-                     rstd: torch.Tensor, dropout_p: float, seed: int, has_input_bias: bool, impl: str
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return tuple(_kernels(impl).layer_norm_backward(grad_out, h, weight, mean, rstd, dropout_p, seed,
-                                                    has_input_bias))
-
-
-_backward = torch.library.custom_op("fastbert::layer_norm_backward", _backward_kernel, mutates_args=())
-
-
-@_backward.register_fake
-def _(grad_out, h, weight, mean, rstd, dropout_p, seed, has_input_bias, impl):
+def _backward_fake(grad_out: Tensor, h: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor, dropout_p: float,
+                   seed: int, has_input_bias: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     param = lambda: weight.new_empty(weight.shape[0], dtype=torch.float32)  # noqa: E731
     return (torch.empty_like(h), torch.empty_like(h) if dropout_p > 0 else h.new_empty(0), param(), param(),
             param() if has_input_bias else h.new_empty(0))
@@ -117,15 +94,13 @@ def _setup_context(ctx, inputs, output):
                   None if input_bias is None else input_bias.dtype)
 
 
-def _autograd_backward(ctx, grad_out, _grad_h, _grad_mean, _grad_rstd):
-    h, weight, mean, rstd = ctx.saved_tensors
-    dropout_p, seed, has_input_bias, impl = ctx.args
-    gh, gx, gw, gb, gib = _autograd.pick(_backward, _backward_kernel)(
-        grad_out.contiguous(), h, weight, mean, rstd, dropout_p, seed, has_input_bias, impl)
+def _backward(ctx, grad_out, _grad_h, _grad_mean, _grad_rstd):
+    gh, gx, gw, gb, gib = _OP.run_backward(grad_out.contiguous(), *ctx.saved_tensors, *ctx.args)
     x_dtype, r_dtype, w_dtype, b_dtype, ib_dtype = ctx.dtypes
-    gx = (gx if dropout_p > 0 else gh).to(x_dtype)
+    gx = (gx if ctx.args[0] > 0 else gh).to(x_dtype)  # without dropout grad_x is grad_h
     return (gx, gw.to(w_dtype), gb.to(b_dtype), None if r_dtype is None else gh.to(r_dtype),
             None if ib_dtype is None else gib.to(ib_dtype), None, None, None, None)
 
 
-_forward_autograd = _autograd.register(_forward, _forward_kernel, _setup_context, _autograd_backward)
+_OP = _fused.FusedOp("layer_norm", "fastbert.kernels.layer_norm", _forward_fake, _backward_fake, _setup_context,
+                     _backward)

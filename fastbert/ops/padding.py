@@ -15,6 +15,7 @@ def unpad_input(hidden: torch.Tensor, attention_mask: torch.Tensor):
 
     Any mask works (right or left padding, holes): tokens keep their order within each row.
     """
+    _checks.tensor("unpad_input", "hidden", hidden, min_dim=2, dtypes=None)
     _checks.tensor("unpad_input", "attention_mask", attention_mask, dim=2, dtypes=None,
                    device=hidden.device, shape=tuple(hidden.shape[:2]))
     mask = attention_mask.bool()
@@ -22,12 +23,15 @@ def unpad_input(hidden: torch.Tensor, attention_mask: torch.Tensor):
     indices = torch.nonzero(mask.flatten(), as_tuple=False).flatten()
     cu_seqlens = torch.nn.functional.pad(torch.cumsum(seqlens, 0, dtype=torch.int32), (1, 0))
     max_seqlen = int(seqlens.max()) if seqlens.numel() else 0
-    packed = hidden.reshape(-1, *hidden.shape[2:]).index_select(0, indices)
+    packed = hidden.flatten(0, 1).index_select(0, indices)
     return packed, indices, cu_seqlens, max_seqlen
 
 
 def pad_input(packed: torch.Tensor, indices: torch.Tensor, batch: int, seqlen: int) -> torch.Tensor:
     """Inverse of unpad_input: [T, ...] -> [batch, seqlen, ...] with zeros at padding."""
+    _checks.tensor("pad_input", "packed", packed, min_dim=1, dtypes=None)
+    _checks.tensor("pad_input", "indices", indices, dim=1, dtypes=(torch.int64,), device=packed.device,
+                   shape=(packed.shape[0],))
     out = packed.new_zeros(batch * seqlen, *packed.shape[1:])
     out = out.index_copy(0, indices, packed)
     return out.view(batch, seqlen, *packed.shape[1:])
@@ -64,7 +68,7 @@ def token_bucket(total: int) -> int:
 def pad_to_bucket(input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen, pad_token_id):
     """Packed input grown to token_bucket(T) tokens by one dummy sequence of pad tokens at the end.
 
-    A matmul library that builds a kernel per shape (oneDNN for bf16 on CPU: ~10 ms per new shape) then
+    A matmul library that builds a kernel per shape (oneDNN for bf16 on CPU; its cost: README) then
     sees a few token counts instead of a new one every batch. The real sequences are untouched: attention
     stays within each sequence, the dummy's outputs are sliced off ([:T]), so it adds no gradient.
     Returns (input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen), unchanged if T is a bucket.

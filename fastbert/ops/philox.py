@@ -7,7 +7,7 @@ repeatable) and gives each element a 64-bit index `i`. The element's 16 random b
     bits16 = (r[(i & 7) >> 1] >> (16 * (i & 1))) & 0xffff
 
 which is `tl.randint4x(seed, i >> 3)` in Triton, so one Philox call feeds 8 elements. The element is
-kept iff bits16 >= round(p * 65536) and then scaled by 1 / (1 - p). Element indices:
+kept iff bits16 >= threshold(p) = round(p * 65536) and then scaled by 1 / (1 - p). Element indices:
   - row-wise ops on a [rows, n] view (layer norm):  i = row * n + col
   - attention probabilities:  i = ((seq * heads + head) << 32) | (q << 16) | k, with q, k positions
     inside the sequence, so packed (varlen) and padded batches draw the same mask.
@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from fastbert.kernels import dropout_threshold as threshold  # the formula the kernels use, defined with them
+
 _M32 = 0xFFFFFFFF
 _ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57
 _KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85
@@ -26,11 +28,6 @@ _KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85
 def draw_seed(generator: torch.Generator | None = None) -> int:
     """A fresh 62-bit seed from `generator` (default: torch's CPU generator)."""
     return int(torch.randint(0, 2**62, (), generator=generator))
-
-
-def threshold(p: float) -> int:
-    """16-bit threshold: an element is dropped iff its bits16 < threshold(p)."""
-    return min(65536, round(p * 65536))
 
 
 def _mul32(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

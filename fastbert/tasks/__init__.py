@@ -9,6 +9,7 @@ of a task (`quora: {encoder: cross}`) or define a new one (`mytask: {kind: class
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 
 from fastbert.data.readers import DataError, Example, read_table, read_text
@@ -20,12 +21,22 @@ from fastbert.tasks.mlm import MaskedLM
 from fastbert.tasks.pair import PairClassify
 from fastbert.tasks.similarity import Similarity
 
-KINDS = {  # kind -> (class, defaults, label kind)
-    "classify": (Classify, classify.DEFAULTS, "class"),
-    "pair": (PairClassify, pair.DEFAULTS, "class"),
-    "similarity": (Similarity, similarity.DEFAULTS, "score"),
-    "contrastive": (Contrastive, contrastive.DEFAULTS, "class"),
-    "mlm": (MaskedLM, mlm.DEFAULTS, None),
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """A kind of task: the Task class that trains it, its default settings, and how its data files' label
+    column reads ("class": an integer class, "score": a float, None: no labels)."""
+    task: type[Task]
+    defaults: dict
+    label: str | None
+
+
+KINDS = {
+    "classify": Kind(Classify, classify.DEFAULTS, label="class"),
+    "pair": Kind(PairClassify, pair.DEFAULTS, label="class"),
+    "similarity": Kind(Similarity, similarity.DEFAULTS, label="score"),
+    "contrastive": Kind(Contrastive, contrastive.DEFAULTS, label="class"),
+    "mlm": Kind(MaskedLM, mlm.DEFAULTS, label=None),
 }
 
 _CS = "cs224n/"
@@ -61,6 +72,7 @@ TASKS = {
     "mlm": {"kind": "mlm"},
 }
 
+
 def task_config(name: str, overrides: dict | None = None, common: dict | None = None) -> dict:
     """The full settings of task `name`: kind defaults < common (pooling, ...) < TASKS row < overrides."""
     row = copy.deepcopy(TASKS.get(name, {}))
@@ -70,11 +82,11 @@ def task_config(name: str, overrides: dict | None = None, common: dict | None = 
         known = ", ".join(TASKS)
         raise ValueError(f"unknown task {name!r} (known: {known}); a new task needs a 'kind' in {list(KINDS)}"
                          if name not in TASKS else f"task {name!r}: kind must be one of {list(KINDS)}, got {kind!r}")
-    return {**copy.deepcopy(KINDS[kind][1]), **(common or {}), **row}
+    return {**copy.deepcopy(KINDS[kind].defaults), **(common or {}), **row}
 
 
 def build(name: str, cfg: dict, config) -> Task:
-    return KINDS[cfg["kind"]][0](name, cfg, config)
+    return KINDS[cfg["kind"]].task(name, cfg, config)
 
 
 def resolve_path(path: str, data_dir: str) -> str:
@@ -88,11 +100,10 @@ def read_split(name: str, cfg: dict, split: str, data_dir: str, skipped: list | 
         return _mlm_texts(cfg, data_dir, skipped) if split == "train" else []
     if not cfg.get(split):
         raise DataError(f"task {name!r} has no {split} file (set {name}.{split})")
-    label_kind = KINDS[cfg["kind"]][2]
     kw = {k: cfg[k] for k in ("delimiter", "label_map", "unescape") if cfg.get(k) is not None}
     where = {cfg["split_column"]: cfg["splits"][split]} if cfg.get("split_column") else None
     out = read_table(resolve_path(cfg[split], data_dir), text=cfg["text"], label=cfg.get("label"),
-                     id=cfg.get("id"), label_kind=label_kind, num_labels=cfg.get("num_labels"),
+                     id=cfg.get("id"), label_kind=KINDS[cfg["kind"]].label, num_labels=cfg.get("num_labels"),
                      score_range=cfg.get("score_range"), where=where, require_label=labeled,
                      skipped=skipped, **kw)
     if split == "train":
@@ -113,8 +124,8 @@ def _mlm_texts(cfg, data_dir, skipped):
             out += read_table(resolve_path(scfg["train"], data_dir), text=scfg["text"], where=where,
                               skipped=skipped, **kw)
         else:
-            out += read_text(resolve_path(src, data_dir))
+            out += read_text(resolve_path(src, data_dir), skipped)
     return out
 
 
-__all__ = ["KINDS", "POOLING", "TASKS", "Task", "build", "pool", "read_split", "task_config"]
+__all__ = ["KINDS", "Kind", "POOLING", "TASKS", "Task", "build", "pool", "read_split", "task_config"]

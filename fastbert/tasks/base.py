@@ -8,7 +8,7 @@ other tasks' losses.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -21,7 +21,30 @@ from fastbert.model import BertOutput
 from fastbert.tokenizer import Batch
 
 POOLING = ("mean", "cls", "pooler")
-Encode = Callable[[Batch], BertOutput]  # also carries .word_embeddings (the MLM decoder is tied to them)
+
+
+class Encode:
+    """What a task calls to run the encoder: a tokenized Batch -> the encoder's BertOutput; word_embeddings
+    is the tied MLM decoder. Frozen: no gradient, no dropout."""
+
+    def __init__(self, encoder: nn.Module, frozen: bool = False):
+        self.encoder, self.frozen = encoder, frozen
+
+    def __call__(self, inputs: Batch) -> BertOutput:
+        if not self.frozen:
+            return self.encoder(**inputs.model_inputs())
+        was = self.encoder.training
+        self.encoder.eval()
+        try:
+            with torch.no_grad():
+                return self.encoder(**inputs.model_inputs())
+        finally:
+            self.encoder.train(was)
+
+    @property
+    def word_embeddings(self) -> torch.Tensor:
+        w = self.encoder.embeddings.word_embeddings.weight
+        return w.detach() if self.frozen else w
 
 
 def pool(out: BertOutput, inputs: Batch, mode: str) -> torch.Tensor:

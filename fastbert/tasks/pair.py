@@ -19,7 +19,13 @@ from fastbert.tasks.base import Task
 
 DEFAULTS = {"num_labels": 2, "encoder": "bi", "loss": "softmax", "dropout": 0.1, "margin": 0.5, "mnr_scale": 20.0,
             "threshold": None}
-LOSSES = ("softmax", "cosine_mse", "contrastive", "mnr")
+# loss name -> the loss of a PairClassify task, its embeddings e ((u, v); (pair,) for a cross-encoder), labels y
+LOSSES = {
+    "softmax": lambda task, e, y: F.cross_entropy(task._logits(e), y),
+    "cosine_mse": lambda task, e, y: losses.cosine_mse(e[0], e[1], y),
+    "contrastive": lambda task, e, y: losses.margin_contrastive(e[0], e[1], y, task.cfg["margin"]),
+    "mnr": lambda task, e, y: losses.multiple_negatives_ranking(e[0], e[1], y == 1, task.cfg["mnr_scale"]),
+}
 
 
 class PairClassify(Task):
@@ -31,7 +37,7 @@ class PairClassify(Task):
         if self.kind not in ("bi", "cross"):
             raise ValueError(f"{name}: encoder must be 'bi' or 'cross', got {self.kind!r}")
         if self.loss_name not in LOSSES or (self.kind == "cross" and self.loss_name != "softmax"):
-            raise ValueError(f"{name}: loss {self.loss_name!r} is not one of {LOSSES} "
+            raise ValueError(f"{name}: loss {self.loss_name!r} is not one of {tuple(LOSSES)} "
                              "(a cross-encoder takes 'softmax' only)")
         if self.loss_name != "softmax" and n != 2:
             raise ValueError(f"{name}: loss {self.loss_name!r} needs binary labels, the task has {n} classes")
@@ -48,14 +54,7 @@ class PairClassify(Task):
         return self.head(e[0] if self.cross else losses.pair_features(e[0], e[1])).float()
 
     def loss(self, encode, batch):
-        e, y = self.embed(encode, batch), batch.labels
-        if self.loss_name == "softmax":
-            return F.cross_entropy(self._logits(e), y)
-        if self.loss_name == "cosine_mse":
-            return losses.cosine_mse(e[0], e[1], y)
-        if self.loss_name == "contrastive":
-            return losses.margin_contrastive(e[0], e[1], y, self.cfg["margin"])
-        return losses.multiple_negatives_ranking(e[0], e[1], y == 1, self.cfg["mnr_scale"])
+        return LOSSES[self.loss_name](self, self.embed(encode, batch), batch.labels)
 
     def predict(self, encode, batch):
         e = self.embed(encode, batch)

@@ -14,6 +14,12 @@ from fastbert.tasks import losses, metrics
 from fastbert.tasks.base import Task
 
 DEFAULTS = {"encoder": "bi", "loss": "cosine_mse", "dropout": 0.1, "margin": 0.5, "score_max": 5.0}
+# loss name -> the loss of a bi-encoder Similarity task, its embeddings e = (u, v), scores y (a cross-encoder's
+# loss is the squared error of its head's score)
+LOSSES = {
+    "cosine_mse": lambda task, e, y: losses.cosine_mse(e[0], e[1], y, task.score_max),
+    "contrastive": lambda task, e, y: losses.margin_contrastive(e[0], e[1], y / task.score_max, task.cfg["margin"]),
+}
 
 
 class Similarity(Task):
@@ -24,8 +30,8 @@ class Similarity(Task):
         self.kind, self.loss_name, self.score_max = cfg["encoder"], cfg["loss"], float(cfg["score_max"])
         if self.kind not in ("bi", "cross"):
             raise ValueError(f"{name}: encoder must be 'bi' or 'cross', got {self.kind!r}")
-        if self.kind == "bi" and self.loss_name not in ("cosine_mse", "contrastive"):
-            raise ValueError(f"{name}: a bi-encoder takes loss 'cosine_mse' or 'contrastive', got {self.loss_name!r}")
+        if self.kind == "bi" and self.loss_name not in LOSSES:
+            raise ValueError(f"{name}: a bi-encoder takes a loss in {tuple(LOSSES)}, got {self.loss_name!r}")
         self.cross = self.kind == "cross"
         self.head = nn.Sequential(nn.Dropout(cfg["dropout"]), nn.Linear(self.hidden_size, 1)) if self.cross else None
 
@@ -33,9 +39,7 @@ class Similarity(Task):
         e, y = self.embed(encode, batch), batch.labels
         if self.cross:
             return F.mse_loss(self.head(e[0]).float().squeeze(-1), y)
-        if self.loss_name == "cosine_mse":
-            return losses.cosine_mse(e[0], e[1], y, self.score_max)
-        return losses.margin_contrastive(e[0], e[1], y / self.score_max, self.cfg["margin"])
+        return LOSSES[self.loss_name](self, e, y)
 
     def predict(self, encode, batch):
         e = self.embed(encode, batch)

@@ -11,7 +11,8 @@ recipes: fastbert/train/recipes/ (--config takes a path or a packaged recipe's n
   python -m fastbert.train chain --config report1_best
   python -m fastbert.train predict --init runs/multitask-20250101-120000
 
---print_config shows the resolved settings and exits; --skip-bad-rows skips malformed data rows.
+--print_config shows the resolved settings and exits; --skip-bad-rows skips malformed data rows. A bad
+setting, file or run directory ends the command with one line on stderr (exit 2); --debug shows the traceback.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import sys
 
 import yaml
 
-from fastbert.data.readers import DataError
+from fastbert import errors
 from fastbert.train import config, stages
 from fastbert.train.loop import NonFiniteError
 from fastbert.train.run import default_dir
@@ -43,7 +44,7 @@ def main(argv: list[str]) -> int:
             return 0
         stages.chain(recipe, overrides)
         return 0
-    if overrides.get("resume") and stage in ("pretrain", "nli", "contrastive", "single", "multitask"):
+    if overrides.get("resume") and stage in config.TRAINING_STAGES:
         # continue with the run's own settings (explicit overrides still apply)
         run_dir = overrides.get("run_dir") or default_dir(stage, True)
         saved = os.path.join(run_dir, "config.yaml")
@@ -58,12 +59,20 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli(argv: list[str]) -> int:
+    """main() with the user's errors as one line on stderr and exit status 2 (--debug: the traceback too)."""
+    debug = "--debug" in argv
     try:
-        sys.exit(main(sys.argv[1:]))
+        return main([a for a in argv if a != "--debug"])
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    except (config.ConfigError, DataError, NonFiniteError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return 130
+    except (errors.UserError, NonFiniteError, OSError) as e:  # OSError: the disk or a permission said no
+        if debug:
+            raise
+        print(f"error: {errors.describe(e)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(cli(sys.argv[1:]))

@@ -23,6 +23,8 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from fastbert import pretrained
+from fastbert._io import atomic_write
+from fastbert.errors import CheckpointError, WriteError
 from fastbert.model import BertForMaskedLM
 
 
@@ -36,14 +38,50 @@ def save(run_dir: str, step: int, model, trainer: dict, cfg: dict) -> str:
     if not os.path.isdir(final):
         tmp = os.path.join(run_dir, "checkpoints", f".tmp-step-{step:08d}")
         shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        save_weights(tmp, model)
-        torch.save(trainer, os.path.join(tmp, "trainer.pt"))
-        with open(os.path.join(tmp, "fastbert.yaml"), "w", encoding="utf-8") as f:
-            yaml.safe_dump(cfg, f, sort_keys=False)
+        try:
+            os.makedirs(tmp)
+            save_weights(tmp, model)
+            save_torch(trainer, os.path.join(tmp, "trainer.pt"))
+            with open(os.path.join(tmp, "fastbert.yaml"), "w", encoding="utf-8") as f:
+                yaml.safe_dump(cfg, f, sort_keys=False)
+        except OSError as e:  # a full disk or a read-only directory: the earlier checkpoints stay as they are
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise WriteError(f"cannot save checkpoint step {step}: " + _cause(e)) from e
         os.rename(tmp, final)
     link(run_dir, "last", final)
     return final
+
+
+def _cause(e: OSError) -> str:
+    return str(e) if isinstance(e, WriteError) or not e.strerror else f"{e.filename}: {e.strerror}"
+
+
+class _Recorder:
+    """A file whose write errors are kept: torch.save reports them only as "unexpected pos"."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def save_torch(obj, path: str) -> None:
+    """torch.save, with a failed write raised as WriteError naming `path` and the cause (e.g. a full disk)."""
+    with open(path, "wb") as f:
+        recorder = _Recorder(f)
+        try:
+            torch.save(obj, recorder)
+        except RuntimeError as e:
+            cause = recorder.error.strerror if recorder.error is not None else str(e)
+            raise WriteError(f"{path}: cannot write ({cause})") from e
 
 
 def save_weights(directory: str, model) -> None:
@@ -61,13 +99,17 @@ def save_weights(directory: str, model) -> None:
         model.tokenizer.save_pretrained(directory)
     heads = {f"{name}.{k}": v.detach().cpu().contiguous() for name, task in model.tasks.items()
              if task.cfg["kind"] != "mlm" for k, v in task.state_dict().items()}
-    save_file(heads, os.path.join(directory, "heads.safetensors"))
+    path = os.path.join(directory, "heads.safetensors")
+    try:
+        save_file(heads, path)
+    except Exception as e:  # noqa: BLE001 - safetensors reports I/O errors as SafetensorError
+        raise WriteError(f"{path}: cannot write ({e})") from e
 
 
 def load_heads(directory: str, model) -> list[str]:
     """Load saved heads into the model's tasks; returns the tasks that got weights."""
     path = os.path.join(directory, "heads.safetensors")
-    state = load_file(path) if os.path.exists(path) else {}
+    state = read_heads(path) if os.path.exists(path) else {}
     loaded = []
     for name, task in model.tasks.items():
         if task.cfg["kind"] == "mlm":  # BertForMaskedLM layout: the head sits with the encoder
@@ -80,18 +122,24 @@ def load_heads(directory: str, model) -> list[str]:
         try:
             task.load_state_dict(part)
         except RuntimeError as e:
-            raise ValueError(f"{directory}: the saved head of task {name!r} does not fit its settings "
-                             f"(trained with another encoder/loss?): {e}") from None
+            raise CheckpointError(f"{directory}: the saved head of task {name!r} does not fit its settings "
+                                  f"(trained with another encoder/loss?): {e}") from None
         loaded.append(name)
     return loaded
 
 
+def read_heads(path: str) -> dict[str, torch.Tensor]:
+    """The tensors of a heads.safetensors file, each finite (else CheckpointError naming the file)."""
+    try:
+        state = load_file(path)
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: say which one
+        raise CheckpointError(f"{path}: cannot read task heads ({type(e).__name__}: {e})") from None
+    pretrained.check_finite(state, path)
+    return state
+
+
 def link(run_dir: str, name: str, target: str) -> None:
-    tmp = os.path.join(run_dir, f".{name}.tmp")
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    os.symlink(os.path.relpath(target, run_dir), tmp)
-    os.replace(tmp, os.path.join(run_dir, name))
+    atomic_write(os.path.join(run_dir, name), lambda tmp: os.symlink(os.path.relpath(target, run_dir), tmp))
 
 
 def prune(run_dir: str) -> None:
@@ -115,7 +163,13 @@ def find_last(run_dir: str) -> str | None:
 
 
 def load_trainer(directory: str) -> dict:
-    return torch.load(os.path.join(directory, "trainer.pt"), map_location="cpu", weights_only=True)
+    path = os.path.join(directory, "trainer.pt")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing (a checkpoint without its trainer state cannot be resumed)") from None
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: say which one
+        raise CheckpointError(f"{path}: cannot read the trainer state ({type(e).__name__}: {e})") from None
 
 
 def saved_config(directory: str) -> dict | None:

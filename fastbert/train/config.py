@@ -1,16 +1,29 @@
 """Run settings: defaults < YAML recipe < --key value overrides. The resolved dict is saved with the run.
 
 Top-level keys are the settings below; a key named after a task holds that task's settings
-(`quora: {encoder: cross}`, on the command line `--quora.encoder cross`), see fastbert.tasks.
+(`quora: {encoder: cross}`, on the command line `--quora.encoder cross`), see fastbert.tasks. RULES holds
+each setting's type and range; resolve() checks them all before anything loads (stages.check_device the
+device and precision on this machine).
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 import os
+import re
+from collections.abc import Callable
 
+import torch
 import yaml
 
 from fastbert import tasks as tasks_mod
+from fastbert.backend import BACKENDS
+from fastbert.config import BertConfig
+from fastbert.errors import UserError
+from fastbert.tasks.base import POOLING
+from fastbert.train.optim import OPTIMIZERS, SCHEDULES
+from fastbert.train.routines import ROUTINES
 
 RECIPES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipes")
 
@@ -52,12 +65,7 @@ DEFAULTS = {
     "eval_batch_size": 128,
     "epochs": 1.0,  # in the routine's epochs (see fastbert.train.routines)
     "max_steps": None,  # overrides epochs
-    # precision: fp32 | bf16: encoder weights stored in bf16 (no casts per forward), fp32 master weights and
-    # Adam states in FusedAdamW (needs optimizer fused_adamw), sentence heads and losses fp32, checkpoints
-    # save the fp32 masters | bf16-autocast: fp32 weights, torch.autocast to bf16 | fp16: CUDA autocast
-    # with loss scaling | auto: bf16 on a CPU with bf16 (bf16-autocast with adamw), bf16-autocast on CUDA
-    # with bf16, else fp16 on CUDA and fp32 on CPU
-    "precision": "auto",
+    "precision": "auto",  # one of PRECISIONS below
     "device": "auto",
     "seed": 0,
     "threads": "auto",  # torch CPU threads: auto = the cores not already busy (sampled from /proc/stat), >= 1
@@ -72,11 +80,163 @@ DEFAULTS = {
     "chain": None,  # `chain`: a list of stage settings run in order, each starting from the previous best
 }
 
-STAGES = ("pretrain", "nli", "contrastive", "single", "multitask", "evaluate", "predict", "chain")
+TRAINING_STAGES = ("pretrain", "nli", "contrastive", "single", "multitask")
+STAGES = (*TRAINING_STAGES, "evaluate", "predict", "chain")
+
+# precision: what each value runs (fastbert.train.loop.precision resolves auto and checks what a value needs)
+PRECISIONS = {
+    "bf16": "encoder (and MLM head) weights stored in bf16, no casts per forward; fp32 master weights and Adam "
+            "states in fastbert.optim.FusedAdamW (cast_params); sentence heads, pooling sums and losses in fp32; "
+            "checkpoints save the fp32 masters. Needs optimizer fused_adamw",
+    "bf16-autocast": "fp32 weights under torch.autocast(bf16)",
+    "fp32": "fp32 everywhere",
+    "fp16": "CUDA only: fp16 autocast with loss scaling (torch.amp.GradScaler)",
+    "auto": "bf16 on a CPU with bf16 (bf16-autocast there with optimizer adamw); bf16-autocast on CUDA with "
+            "bf16, else fp16; fp32 on other CPUs",
+}
 
 
-class ConfigError(ValueError):
-    pass
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """What a setting may hold: `allowed` says it in words, `test(value)` checks it."""
+    allowed: str
+    test: Callable[[object], bool]
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _or_null(null: str | None) -> str:
+    return f", or null ({null})" if null else ""
+
+
+def _int(lo: int, null: str | None = None) -> Rule:
+    return Rule(f"an integer >= {lo}" + _or_null(null),
+                lambda v: (null is not None and v is None) or (_is_int(v) and v >= lo))
+
+
+def _number(lo: float, above: bool, null: str | None = None) -> Rule:
+    return Rule(f"a number {'>' if above else '>='} {lo}" + _or_null(null),
+                lambda v: (null is not None and v is None) or (_is_number(v) and (v > lo if above else v >= lo)))
+
+
+def _one_of(choices, null: str | None = None) -> Rule:
+    return Rule(f"one of {', '.join(choices)}" + _or_null(null),
+                lambda v: (null is not None and v is None) or (isinstance(v, str) and v in choices))
+
+
+def _text(null: str) -> Rule:
+    return Rule("a string" + _or_null(null), lambda v: v is None or isinstance(v, str))
+
+
+def _limit(v) -> bool:
+    return v is None or (_is_int(v) and v >= 1) or (isinstance(v, dict) and all(
+        isinstance(k, str) and (x is None or (_is_int(x) and x >= 1)) for k, x in v.items()))
+
+
+def _freeze(v) -> bool:
+    return v is None or isinstance(v, bool) or (
+        isinstance(v, list) and len(v) == 2 and _is_int(v[0]) and v[0] >= 0 and (v[1] is None or _is_int(v[1])))
+
+
+def _device(v) -> bool:
+    return v in ("auto", "cpu", "cuda") or (isinstance(v, str) and v.startswith("cuda:") and v[5:].isdigit())
+
+
+def _names(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) and x for x in v)
+
+
+_BOOL = Rule("true or false", lambda v: isinstance(v, bool))
+_LIMIT = Rule("an integer >= 1, a mapping {task: integer >= 1}, or null (all)", _limit)
+
+# The type and range of every setting in DEFAULTS (a test checks that each has one); task names are checked
+# against the tasks in check(), a task section's keys by fastbert.tasks (and these rules, for the shared ones).
+RULES: dict[str, Rule] = {
+    "stage": _one_of(STAGES, "set by the command"),
+    "init": _text("the packaged MiniLM"),
+    "model": Rule("a mapping of BertConfig fields, or null", lambda v: v is None or isinstance(v, dict)),
+    "backend": _one_of(BACKENDS),
+    "unpad": _BOOL,
+    "packed": _BOOL,
+    "pooling": _one_of(POOLING),
+    "max_length": _int(1),
+    "data_dir": _text("$FASTBERT_DATA or shared/data"),
+    "skip_bad_rows": _BOOL,
+    "train_limit": _LIMIT,
+    "eval_limit": _LIMIT,
+    "task": _text("no single task"),
+    "tasks": Rule("a list of task names (or a comma-separated string)", _names),
+    "eval_tasks": Rule("a list of task names, or null (the trained tasks)", lambda v: v is None or _names(v)),
+    "routine": _one_of(ROUTINES),
+    "standardize": _BOOL,
+    "freeze_encoder": Rule("true, false, or [first_step >= 0, end_step or null]", _freeze),
+    "optimizer": _one_of(("auto", *OPTIMIZERS)),
+    "lr": _number(0, above=True),
+    "head_lr": _number(0, above=True, null="lr"),
+    "layer_decay": _number(0, above=True),
+    "weight_decay": _number(0, above=False),
+    "betas": Rule("[beta1, beta2], each a number in [0, 1)",
+                  lambda v: isinstance(v, list) and len(v) == 2 and all(_is_number(b) and 0 <= b < 1 for b in v)),
+    "eps": _number(0, above=False),
+    "schedule": _one_of(SCHEDULES),
+    "warmup": _number(0, above=False),
+    "max_grad_norm": _number(0, above=True, null="no clipping"),
+    "batch_size": _int(1),
+    "eval_batch_size": _int(1),
+    "epochs": _number(0, above=True),
+    "max_steps": _int(1, "epochs decides"),
+    "precision": _one_of(PRECISIONS),
+    "device": Rule("auto, cpu, cuda or cuda:<index>", _device),
+    "seed": _int(0),
+    "threads": Rule("auto, an integer >= 1, or null (torch's default)",
+                    lambda v: v in ("auto", None) or (_is_int(v) and v >= 1)),
+    "run_dir": _text("runs/<stage>-<time>"),
+    "resume": _BOOL,
+    "eval_every": _int(1, "once per epoch"),
+    "save_every": _int(1, "at evaluations"),
+    "log_every": _int(1),
+    "progress": _BOOL,
+    "predict": _BOOL,
+    "chain": Rule("a list of stage settings, or null", lambda v: v is None or isinstance(v, list)),
+}
+
+
+def _fraction(closed_low: bool) -> Rule:
+    return Rule(f"a number in {'[' if closed_low else '('}0, 1)",
+                lambda v: _is_number(v) and (0 <= v if closed_low else 0 < v) and v < 1)
+
+
+# The type and range of the settings of a task section (`quora: {...}`) that its kind's DEFAULTS hold
+# (fastbert/tasks/<kind>.py; a test checks each has one); the kind's class checks how they combine (a
+# cross-encoder's loss), the readers the data layout (train, text, label, ...). Shared keys (max_length,
+# batch_size, pooling, freeze_encoder) follow RULES.
+TASK_RULES: dict[str, Rule] = {
+    "num_labels": _int(2),
+    "dropout": _fraction(closed_low=True),
+    "encoder": _one_of(("bi", "cross")),
+    "loss": Rule("a loss name (see the task's kind)", lambda v: isinstance(v, str)),
+    "margin": _number(0, above=False),
+    "mnr_scale": _number(0, above=True),
+    "threshold": Rule("a number, or null (the loss's default)", lambda v: v is None or _is_number(v)),
+    "score_max": _number(0, above=True),
+    "temperature": _number(0, above=True),
+    "entailment": _int(0),
+    "contradiction": _int(0),
+    "block_size": _int(2),
+    "mask_prob": _fraction(closed_low=False),
+    "holdout": _fraction(closed_low=True),
+    "sources": Rule("a list of task names or text files", _names),
+}
+
+
+class ConfigError(UserError, ValueError):
+    """A bad setting or recipe: the message names the key, the value and what is allowed."""
 
 
 def parse_value(text: str):
@@ -138,11 +298,27 @@ def load_recipe(name_or_path: str) -> dict:
             names = sorted(f[:-5] for f in os.listdir(RECIPES) if f.endswith(".yaml"))
             raise ConfigError(f"no recipe {name_or_path!r}: not a file, nor one of the packaged {names}")
         path = packaged
-    with open(path, encoding="utf-8") as f:
-        recipe = yaml.safe_load(f) or {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            recipe = yaml.safe_load(f) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not a YAML recipe ({' '.join(str(e).split())})") from None
     if not isinstance(recipe, dict):
         raise ConfigError(f"{path}: a recipe is a mapping of settings")
-    return recipe
+    return _floats(recipe)
+
+
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _floats(value):
+    """`value` with the strings YAML 1.1 leaves unparsed that are floats (1e-5, written without a dot) as
+    floats, as on the command line."""
+    if isinstance(value, dict):
+        return {k: _floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_floats(v) for v in value]
+    return float(value) if isinstance(value, str) and _EXPONENT.fullmatch(value) else value
 
 
 def resolve(stage: str, recipe: dict | None = None, overrides: dict | None = None) -> dict:
@@ -172,19 +348,52 @@ def resolve(stage: str, recipe: dict | None = None, overrides: dict | None = Non
 
 
 def check(cfg: dict) -> None:
+    """Every setting against its rule (RULES), task sections and task names, before anything loads."""
     names = set(cfg["tasks"]) | set(cfg.get("eval_tasks") or [])
     for key, value in cfg.items():
         if key in DEFAULTS:
+            check_value(key, value)
             continue
         if key in tasks_mod.TASKS or key in names or (isinstance(value, dict) and "kind" in value):
             if not isinstance(value, dict):
                 raise ConfigError(f"task settings {key!r} must be a mapping, got {value!r}")
+            for k, v in value.items():
+                if k in RULES or k in TASK_RULES:
+                    check_value(f"{key}.{k}", v, RULES.get(k) or TASK_RULES[k])
             continue
         raise ConfigError(f"unknown setting {key!r} (not a setting nor a task; see fastbert/train/config.py)")
+    for key in ("task", "tasks", "eval_tasks"):
+        for name in [cfg[key]] if isinstance(cfg[key], str) else cfg[key] or []:
+            if name not in tasks_mod.TASKS and "kind" not in (cfg.get(name) or {}):
+                raise ConfigError(f"setting {key}: unknown task {name!r}; allowed: {', '.join(tasks_mod.TASKS)}, "
+                                  f"or a task defined by a section with a `kind` ({name}: {{kind: classify, ...}})")
+    check_tasks(cfg, [*cfg["tasks"], *(cfg.get("eval_tasks") or [])])
     if cfg["stage"] not in ("evaluate", "predict", "chain") and not cfg["tasks"]:
         raise ConfigError(f"stage {cfg['stage']!r} needs tasks (--tasks sst,quora,sts)")
     if cfg["stage"] == "single" and len(cfg["tasks"]) != 1:
         raise ConfigError(f"stage 'single' trains one task; got {cfg['tasks']} (use multitask)")
+
+
+_PROBE = BertConfig(vocab_size=8, hidden_size=4, num_hidden_layers=1, num_attention_heads=1, intermediate_size=4)
+
+
+def check_tasks(cfg: dict, names: list[str]) -> None:
+    """Each task's settings as its head takes them (encoder, loss, labels, ...): the head is built on a tiny
+    stand-in encoder config, so nothing loads and the RNG is left as it was."""
+    for name in dict.fromkeys(names):
+        try:
+            with torch.random.fork_rng(devices=[]):
+                tasks_mod.build(name, task_settings(cfg, name), _PROBE)
+        except (ValueError, TypeError, KeyError) as e:
+            msg = " ".join(str(e).split())
+            raise ConfigError(f"setting {msg if msg.startswith(name) else f'{name}: {msg}'}") from None
+
+
+def check_value(key: str, value, rule: Rule | None = None) -> None:
+    """ConfigError naming the key, the value and what is allowed, unless `value` follows the key's rule."""
+    rule = rule or RULES[key]
+    if not rule.test(value):
+        raise ConfigError(f"setting {key}: {value!r} is not allowed; expected {rule.allowed}")
 
 
 def task_settings(cfg: dict, name: str) -> dict:

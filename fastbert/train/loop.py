@@ -11,6 +11,7 @@ state, so it continues with the same losses as a run never stopped.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import math
 import signal
@@ -23,8 +24,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from fastbert.data.batching import Loader, Stream
+from fastbert.data.batching import Loader, Stream, TaskBatch
+from fastbert.tasks.base import Encode
 from fastbert.train import checkpoint, optim, routines
+from fastbert.train.config import PRECISIONS
 from fastbert.train.run import Run
 
 
@@ -43,29 +46,6 @@ class Model(nn.Module):
         self.untrained: list[str] = []  # evaluated tasks whose heads are neither trained nor loaded
 
 
-class Encode:
-    """What a task calls to run the encoder on a Batch. Frozen: no gradient, no dropout."""
-
-    def __init__(self, encoder, frozen: bool = False):
-        self.encoder, self.frozen = encoder, frozen
-
-    def __call__(self, inputs):
-        if not self.frozen:
-            return self.encoder(**inputs.model_inputs())
-        was = self.encoder.training
-        self.encoder.eval()
-        try:
-            with torch.no_grad():
-                return self.encoder(**inputs.model_inputs())
-        finally:
-            self.encoder.train(was)
-
-    @property
-    def word_embeddings(self) -> torch.Tensor:
-        w = self.encoder.embeddings.word_embeddings.weight
-        return w.detach() if self.frozen else w
-
-
 def frozen_at(setting, step: int) -> bool:
     """freeze_encoder: a bool, or [first_step, end_step) with end null for 'to the end'."""
     if setting is None or isinstance(setting, bool):
@@ -80,16 +60,12 @@ def device_of(cfg: dict) -> torch.device:
     return torch.device(cfg["device"])
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "bf16-autocast", "fp16")
-
-
 def precision(cfg: dict, device: torch.device) -> str:
-    """The run's precision (see config.py): fp32 | bf16 | bf16-autocast | fp16. auto: bf16 (bf16 weights,
-    fp32 masters in fastbert's FusedAdamW) on a CPU with bf16 support when the optimizer is fused_adamw,
-    bf16-autocast there with torch's AdamW and on CUDA with bf16, else fp16 on CUDA, fp32 on CPU."""
+    """The run's precision on `device`: auto resolved, each value checked for what it needs (config.PRECISIONS
+    says what each runs)."""
     p = cfg["precision"]
     if p not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}; got {p!r}")
+        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}; got {p!r}")
     fused = optim.name(cfg, device) == "fused_adamw"
     if p == "auto":
         if device.type == "cuda":
@@ -162,173 +138,307 @@ class _OnDevice:
         return len(self.loader)
 
 
-def _interrupts():
-    """A flag set by the first SIGINT / SIGTERM (the second SIGINT interrupts at once)."""
-    flag = {"signal": None}
-    if threading.current_thread() is not threading.main_thread():
-        return flag, {}
+class Interrupts:
+    """Inside: the first SIGINT / SIGTERM sets `received` (the loop saves after the step and stops); a second
+    SIGINT interrupts at once. Outside: the previous handlers. (Only the main thread may set handlers.)"""
 
-    def handler(signum, frame):
-        if flag["signal"] is not None and signum == signal.SIGINT:
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "Interrupts":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        flag["signal"] = signum
+        self.received = signum
 
-    return flag, {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+def is_main_process() -> bool:
+    """Rank 0 of torch.distributed when it is initialised, else the one process there is."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+@dataclasses.dataclass
+class TrainState:
+    """What the loop counts. step, best, elapsed and skipped_steps are saved in checkpoints (trainer.pt
+    "state", these four keys); tokens and started belong to this process."""
+    step: int = 0  # optimizer steps done
+    best: dict | None = None  # {"step", "score", "dev"} of the best dev evaluation so far
+    elapsed: float = 0.0  # seconds trained before this process started training
+    skipped_steps: int = 0  # fp16 steps the loss scaler skipped (overflow)
+    tokens: int = 0  # input tokens this process has trained on (tokens_per_s)
+    started: float = dataclasses.field(default_factory=time.time)  # when this process started training
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "best": self.best, "elapsed": self.elapsed + time.time() - self.started,
+                "skipped_steps": self.skipped_steps}
+
+    @classmethod
+    def from_state_dict(cls, saved: dict) -> "TrainState":
+        return cls(step=int(saved["step"]), best=saved["best"], elapsed=float(saved["elapsed"]),
+                   skipped_steps=int(saved.get("skipped_steps", 0)))
+
+
+class Streams:
+    """The data position: one endless Stream per task. state_dict() is what checkpoints save and resume."""
+
+    def __init__(self, loaders: dict[str, Loader]):
+        self.streams = {t: Stream(loader) for t, loader in loaders.items()}
+
+    def next(self, task: str) -> TaskBatch:
+        return self.streams[task].next()
+
+    def batches_per_epoch(self) -> dict[str, int]:
+        return {t: len(s) for t, s in self.streams.items()}
+
+    def state_dict(self) -> dict:
+        return {t: s.state_dict() for t, s in self.streams.items()}
+
+    def load_state_dict(self, saved: dict) -> None:
+        for t, s in self.streams.items():
+            s.load_state_dict(saved[t])
+
+
+class Trainer:
+    """One run's model, optimizer, scheduler, loss scaler, data position and routine, and what a step does.
+
+    `train()` drives it: restore, then step / log / evaluate / save until max_steps. Rank 0 alone writes
+    files (`is_main`: run.log, metrics.jsonl, curves.png, checkpoints, progress bars); `_sync_gradients`
+    is where the gradients of a step are final, before unscaling and clipping; `data` holds the position.
+    """
+
+    def __init__(self, cfg: dict, run: Run, model: Model, loaders: dict[str, Loader],
+                 dev_loaders: dict[str, Loader]):
+        self.cfg, self.run, self.model, self.dev_loaders = cfg, run, model, dev_loaders
+        self.is_main = is_main_process()
+        self.device = device_of(cfg)
+        self.mode = precision(cfg, self.device)
+        self.dtype = autocast_dtype(self.mode)
+        model.to(self.device).train()
+        self.tasks = list(loaders)
+        self.data = Streams(loaders)
+        self.routine = routines.build(cfg["routine"], self.tasks, self.data.batches_per_epoch(), cfg["seed"],
+                                      cfg["standardize"])
+        epoch = self.routine.steps_per_epoch
+        self.total = int(cfg["max_steps"]) if cfg["max_steps"] else max(1, math.ceil(cfg["epochs"] * epoch))
+        self.opt = optim.build(optim.param_groups(model.encoder, model.tasks, cfg), cfg, self.device)
+        if self.mode == "bf16":  # bf16 weights, their fp32 values kept as the optimizer's master copies
+            self.opt.cast_params(torch.bfloat16, low_precision_params(model))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, optim.schedule(cfg, self.total))
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
+        self.state = TrainState()
+        self.eval_every = int(cfg["eval_every"] or epoch)
+        self.save_every = int(cfg["save_every"]) if cfg["save_every"] else None
+        self.shared = [p for p in model.encoder.parameters() if p.requires_grad]
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.window: dict[str, list[float]] = {t: [] for t in self.tasks}  # losses since the last log record
+        self.logged = (time.time(), 0)  # (time, state.tokens) at the last log record
+        self.bar = None
+
+    # ---- files: rank 0 alone writes them ----
+
+    def _log(self, msg: str) -> None:
+        if self.is_main:
+            self.run.log(msg)
+
+    def _record(self, rec: dict) -> None:
+        if self.is_main:
+            self.run.record(rec)
+
+    def save(self, best: bool = False) -> None:
+        """A checkpoint of this step (the fp32 master weights, not their bf16 roundings); `best`: link it as
+        run_dir/best too."""
+        if not self.is_main:
+            return
+        with master_weights(self.opt):
+            path = checkpoint.save(self.run.path, self.state.step, self.model, self.state_dict(), self.cfg)
+        if best:
+            checkpoint.link(self.run.path, "best", path)
+        checkpoint.prune(self.run.path)
+
+    def save_and_stop(self) -> None:
+        """After an interrupt (Ctrl-C / SIGTERM): save this step and stop with KeyboardInterrupt."""
+        self.save()
+        self._log(f"interrupted at step {self.state.step}: saved {self.run.path}/last; continue with "
+                  f"--resume --run_dir {self.run.path}")
+        raise KeyboardInterrupt
+
+    # ---- resume ----
+
+    def state_dict(self) -> dict:
+        """trainer.pt: everything --resume restores besides the weights (keys as in every checkpoint so far)."""
+        cuda = self.device.type == "cuda"
+        return {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else None},
+                "streams": self.data.state_dict(), "routine": self.routine.state_dict(),
+                "state": self.state.state_dict()}
+
+    def restore(self, directory: str) -> None:
+        """Continue from the checkpoint in `directory` (its weights are already in the model)."""
+        saved = checkpoint.load_trainer(directory)
+        optim.load_state(self.opt, saved["optimizer"])  # whichever optimizer and precision saved it
+        self.sched.load_state_dict(saved["scheduler"])
+        if self.scaler is not None and saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
+        torch.set_rng_state(saved["rng"]["torch"])
+        if self.device.type == "cuda" and saved["rng"].get("cuda"):
+            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+        self.data.load_state_dict(saved["streams"])
+        self.routine.load_state_dict(saved["routine"])
+        self.state = TrainState.from_state_dict(saved["state"])
+        if self.is_main:
+            self.run.begin(self.state.step)
+        self._log(f"resumed from {directory} at step {self.state.step} of {self.total}")
+
+    # ---- one step ----
+
+    def loss(self, task: str) -> torch.Tensor:
+        """The routine's callback: the next batch of `task` through the encoder (under autocast) and the
+        task's loss, as an fp32 scalar; a non-finite loss stops the run."""
+        batch = self.data.next(task)
+        self.state.tokens += int(batch.inputs.lengths.sum())
+        batch = batch.to(self.device)
+        frozen = frozen_at(self.model.tasks[task].cfg["freeze_encoder"], self.state.step)
+        with autocast(self.device, self.dtype):
+            value = self.model.tasks[task].loss(Encode(self.model.encoder, frozen), batch)
+        value = value.float()
+        if not torch.isfinite(value):
+            raise NonFiniteError(f"step {self.state.step + 1}: task {task} loss is {value.item()} "
+                                 f"(lr {self.sched.get_last_lr()[0]:.3g}; last losses {_last(self.window)})")
+        return value
+
+    def backward(self, value: torch.Tensor) -> None:
+        """The routine's callback: gradients of `value` accumulate into .grad (loss scaling inside)."""
+        if value.requires_grad:  # a frozen encoder under a parameter-free head has nothing to learn
+            (self.scaler.scale(value) if self.scaler is not None else value).backward()
+
+    def step(self) -> tuple[dict[str, float], float | None]:
+        """One optimizer update: zero_grad, the routine's losses and backward passes, unscale, clip and check,
+        optimizer and scheduler step. Returns ({task: loss}, the gradient norm or None)."""
+        self.opt.zero_grad(set_to_none=True)
+        values = self.routine.step(self.state.step, self.loss, self.backward, self.shared)
+        self._sync_gradients()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.opt)
+        norm = None
+        if not optim.clips_itself(self.opt):
+            norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg["max_grad_norm"] or float("inf")))
+            self._check(norm, values)
+        self._optimizer_step()
+        if norm is None and getattr(self.opt, "grad_norm", None) is not None:
+            norm = float(self.opt.grad_norm)  # clipped inside the step, which a non-finite norm skipped
+            self._check(norm, values)
+        self.sched.step()
+        self.state.step += 1
+        return values, norm
+
+    def _sync_gradients(self) -> None:
+        """The step's gradients are final here (before unscaling and clipping). One process: nothing to do."""
+
+    def _check(self, norm: float, values: dict) -> None:
+        """fp16 overflow is the loss scaler's to skip; any other non-finite gradient norm stops the run."""
+        if not math.isfinite(norm) and self.scaler is None:
+            raise NonFiniteError(f"step {self.state.step + 1}: gradient norm is {norm} "
+                                 f"(losses {values}; lr {self.sched.get_last_lr()[0]:.3g})")
+
+    def _optimizer_step(self) -> None:
+        if self.scaler is None:
+            self.opt.step()
+            return
+        scale = self.scaler.get_scale()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.state.skipped_steps += int(self.scaler.get_scale() < scale)
+
+    # ---- after a step ----
+
+    def log(self, values: dict[str, float], norm: float | None) -> None:
+        """The step's losses into the window; every log_every steps (and at the end) a metrics record."""
+        for t, v in values.items():
+            self.window[t].append(v)
+        self.bar.update(1)
+        step = self.state.step
+        if step % self.cfg["log_every"] and step != self.total:
+            return
+        now, tokens = time.time(), self.state.tokens
+        rec = {"step": step, "epoch": round(step / self.routine.steps_per_epoch, 4),
+               "loss": {t: float(np.mean(w)) for t, w in self.window.items() if w},
+               "lr": self.sched.get_last_lr()[0], "grad_norm": norm,
+               "tokens_per_s": round((tokens - self.logged[1]) / max(now - self.logged[0], 1e-9), 1)}
+        if self.routine.info:
+            rec["routine"] = self.routine.info
+        if self.scaler is not None:
+            rec["loss_scale"], rec["skipped_steps"] = self.scaler.get_scale(), self.state.skipped_steps
+        self._record(rec)
+        self.bar.set_postfix({t: f"{v:.3f}" for t, v in rec["loss"].items()}, refresh=False)
+        self.window = {t: [] for t in self.tasks}
+        self.logged = (now, tokens)
+
+    def evaluate(self) -> None:
+        """Dev metrics, recorded; a checkpoint, linked as best when the score (mean of the trained tasks' main
+        metrics) improved."""
+        step = self.state.step
+        dev, _ = evaluate(self.model, self.dev_loaders, self.device, self.dtype, self.cfg["progress"] and self.is_main)
+        trained = [t for t in self.tasks if t in dev]  # no dev data for any trained task: the newest is best
+        score = float(np.mean([dev[t]["main"] for t in trained])) if trained else float(step)
+        self._record({"step": step, "dev": dev, "score": score})
+        self._log(f"step {step}: dev " + ", ".join(f"{t} {m['main']:.4f}" for t, m in dev.items()))
+        best = self.state.best["score"] if self.state.best else math.nan  # (a NaN score is beaten by any other)
+        improved = math.isnan(best) or score > best
+        if improved:
+            self.state.best = {"step": step, "score": score, "dev": dev}
+        self.save(best=improved)
+        if self.is_main:
+            self.run.plot()
+
+    @contextlib.contextmanager
+    def running(self):
+        """Around the loop: Interrupts (yielded), the clock, gc frozen, the progress bar; all put back after."""
+        gc.freeze()  # data, model and optimizer live for the whole run: out of the collector's full passes
+        self.state.started = time.time()
+        self.logged = (self.state.started, self.state.tokens)
+        self.bar = tqdm(total=self.total, initial=self.state.step, desc=self.cfg["stage"], file=sys.stderr,
+                        disable=not (self.cfg["progress"] and self.is_main), dynamic_ncols=True, mininterval=1.0)
+        try:
+            with Interrupts() as interrupts:
+                yield interrupts
+        finally:
+            self.bar.close()
+            gc.unfreeze()
 
 
 def train(cfg: dict, run: Run, model: Model, loaders: dict[str, Loader], dev_loaders: dict[str, Loader],
           resume: str | None = None) -> dict:
-    """Train `model` on the tasks of `loaders`; returns {"step", "best": {step, score, dev}}."""
-    device = device_of(cfg)
-    mode = precision(cfg, device)
-    dtype = autocast_dtype(mode)
-    model.to(device).train()
-    streams = {t: Stream(loader) for t, loader in loaders.items()}
-    routine = routines.build(cfg["routine"], list(loaders), {t: len(s) for t, s in streams.items()}, cfg["seed"],
-                             cfg["standardize"])
-    total = int(cfg["max_steps"]) if cfg["max_steps"] else max(1, math.ceil(cfg["epochs"] * routine.steps_per_epoch))
-    opt = optim.build(optim.param_groups(model.encoder, model.tasks, cfg), cfg, device)
-    if mode == "bf16":  # bf16 weights, their fp32 values kept as the optimizer's master copies
-        opt.cast_params(torch.bfloat16, low_precision_params(model))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, optim.schedule(cfg, total))
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    state = {"step": 0, "best": None, "elapsed": 0.0, "skipped_steps": 0}
+    """Train `model` on the tasks of `loaders`; returns {"step", "best": {step, score, dev}, "elapsed",
+    "skipped_steps"}."""
+    trainer = Trainer(cfg, run, model, loaders, dev_loaders)
     if resume:
-        saved = checkpoint.load_trainer(resume)
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
-        if scaler is not None and saved.get("scaler"):
-            scaler.load_state_dict(saved["scaler"])
-        torch.set_rng_state(saved["rng"]["torch"])
-        if device.type == "cuda" and saved["rng"].get("cuda"):
-            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
-        for t, s in streams.items():
-            s.load_state_dict(saved["streams"][t])
-        routine.load_state_dict(saved["routine"])
-        state = saved["state"]
-        run.truncate(state["step"])
-        run.log(f"resumed from {resume} at step {state['step']} of {total}")
-    step = state["step"]
-    eval_every = int(cfg["eval_every"] or routine.steps_per_epoch)
-    save_every = int(cfg["save_every"]) if cfg["save_every"] else None
-    shared = [p for p in model.encoder.parameters() if p.requires_grad]
-    params = [p for p in model.parameters() if p.requires_grad]
-    settings = {t: model.tasks[t].cfg for t in loaders}
-    window: dict[str, list[float]] = {t: [] for t in loaders}
-    tokens = 0
-
-    def loss(t: str) -> torch.Tensor:
-        nonlocal tokens
-        batch = streams[t].next()
-        tokens += int(batch.inputs.lengths.sum())
-        batch = batch.to(device)
-        with autocast(device, dtype):
-            value = model.tasks[t].loss(Encode(model.encoder, frozen_at(settings[t]["freeze_encoder"], step)), batch)
-        value = value.float()
-        if not torch.isfinite(value):
-            raise NonFiniteError(f"step {step + 1}: task {t} loss is {value.item()} "
-                                 f"(lr {sched.get_last_lr()[0]:.3g}; last losses {_last(window)})")
-        return value
-
-    def backward(value: torch.Tensor) -> None:
-        if value.requires_grad:  # a frozen encoder under a parameter-free head has nothing to learn
-            (scaler.scale(value) if scaler is not None else value).backward()
-
-    def trainer_state() -> dict:
-        return {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": {"torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None},
-                "streams": {t: s.state_dict() for t, s in streams.items()}, "routine": routine.state_dict(),
-                "state": {**state, "step": step, "elapsed": state["elapsed"] + time.time() - started}}
-
-    def save() -> None:  # the fp32 master weights, not their bf16 roundings
-        with master_weights(opt):
-            checkpoint.save(run.path, step, model, trainer_state(), cfg)
-        checkpoint.prune(run.path)
-
-    def evaluate_and_save() -> None:
-        dev, _ = evaluate(model, dev_loaders, device, dtype, cfg["progress"])
-        trained = [t for t in loaders if t in dev]  # no dev data for any trained task: the newest is best
-        score = float(np.mean([dev[t]["main"] for t in trained])) if trained else float(step)
-        run.record({"step": step, "dev": dev, "score": score})
-        run.log(f"step {step}: dev " + ", ".join(f"{t} {m['main']:.4f}" for t, m in dev.items()))
-        improved = state["best"] is None or score > state["best"]["score"]
-        if improved:
-            state["best"] = {"step": step, "score": score, "dev": dev}
-        save()
-        if improved:
-            checkpoint.link(run.path, "best", checkpoint.find_last(run.path))
-            checkpoint.prune(run.path)
-        run.plot()
-
-    def check(norm: float, values: dict) -> None:  # fp16 overflow is the scaler's to skip; else stop
-        if not math.isfinite(norm) and scaler is None:
-            raise NonFiniteError(f"step {step + 1}: gradient norm is {norm} "
-                                 f"(losses {values}; lr {sched.get_last_lr()[0]:.3g})")
-
-    flag, old_handlers = _interrupts()
-    gc.freeze()  # data, model and optimizer live for the whole run: out of the collector's full passes (~5% a step)
-    started, t_log, tokens_log = time.time(), time.time(), 0
-    bar = tqdm(total=total, initial=step, desc=cfg["stage"], disable=not cfg["progress"], file=sys.stderr,
-               dynamic_ncols=True, mininterval=1.0)
-    try:
-        while step < total:
-            opt.zero_grad(set_to_none=True)
-            values = routine.step(step, loss, backward, shared)
-            if scaler is not None:
-                scaler.unscale_(opt)
-            norm = None
-            if not optim.clips_itself(opt):
-                norm = float(torch.nn.utils.clip_grad_norm_(params, cfg["max_grad_norm"] or float("inf")))
-                check(norm, values)
-            if scaler is not None:
-                scale = scaler.get_scale()
-                scaler.step(opt)
-                scaler.update()
-                state["skipped_steps"] += int(scaler.get_scale() < scale)
-            else:
-                opt.step()
-            if norm is None and getattr(opt, "grad_norm", None) is not None:
-                norm = float(opt.grad_norm)  # clipped inside the step, which a non-finite norm skipped
-                check(norm, values)
-            sched.step()
-            step += 1
-            for t, v in values.items():
-                window[t].append(v)
-            bar.update(1)
-            if step % cfg["log_every"] == 0 or step == total:
-                now = time.time()
-                rec = {"step": step, "epoch": round(step / routine.steps_per_epoch, 4),
-                       "loss": {t: float(np.mean(w)) for t, w in window.items() if w},
-                       "lr": sched.get_last_lr()[0], "grad_norm": norm,
-                       "tokens_per_s": round((tokens - tokens_log) / max(now - t_log, 1e-9), 1)}
-                if routine.info:
-                    rec["routine"] = routine.info
-                if scaler is not None:
-                    rec["loss_scale"], rec["skipped_steps"] = scaler.get_scale(), state["skipped_steps"]
-                run.record(rec)
-                bar.set_postfix({t: f"{v:.3f}" for t, v in rec["loss"].items()}, refresh=False)
-                window = {t: [] for t in loaders}
-                t_log, tokens_log = now, tokens
-            if step % eval_every == 0 or step == total:
-                evaluate_and_save()
-            elif save_every and step % save_every == 0:
-                save()
-            if flag["signal"] is not None:
-                save()
-                run.log(f"interrupted at step {step}: saved {run.path}/last; continue with "
-                        f"--resume --run_dir {run.path}")
-                raise KeyboardInterrupt
-    finally:
-        bar.close()
-        gc.unfreeze()
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
-    if step == state["step"] and state["best"] is None:  # resumed a finished run that never evaluated
-        evaluate_and_save()
-    state["step"] = step
-    return state
+        trainer.restore(resume)
+    start = trainer.state.step
+    with trainer.running() as interrupted:
+        while trainer.state.step < trainer.total:
+            values, norm = trainer.step()
+            trainer.log(values, norm)
+            step = trainer.state.step
+            if step % trainer.eval_every == 0 or step == trainer.total:
+                trainer.evaluate()
+            elif trainer.save_every and step % trainer.save_every == 0:
+                trainer.save()
+            if interrupted.received is not None:
+                trainer.save_and_stop()
+    if trainer.state.step == start and trainer.state.best is None:  # resumed a finished run that never evaluated
+        trainer.evaluate()
+    return trainer.state.state_dict()
 
 
 @contextlib.contextmanager

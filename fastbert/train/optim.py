@@ -6,6 +6,8 @@ import re
 
 import torch
 
+from fastbert.errors import CheckpointError
+
 
 def _adamw(groups, cfg):
     # torch's own fused kernel (CPU and CUDA): several times faster than its per-tensor loop on CPU
@@ -23,6 +25,7 @@ def _fused_adamw(groups, cfg):
 # name -> (parameter groups, run settings) -> optimizer. An optimizer with a `max_grad_norm` clips the
 # gradients itself (the loop then does not) and reports the norm as `grad_norm`.
 OPTIMIZERS = {"adamw": _adamw, "fused_adamw": _fused_adamw}
+SCHEDULES = ("linear", "cosine", "constant")  # see schedule()
 
 
 def name(cfg: dict, device: torch.device) -> str:
@@ -42,6 +45,35 @@ def has_fused_kernels(device: torch.device) -> bool:
 
 def build(groups: list[dict], cfg: dict, device: torch.device) -> torch.optim.Optimizer:
     return OPTIMIZERS[name(cfg, device)](groups, cfg)
+
+
+def load_state(opt: torch.optim.Optimizer, saved: dict) -> None:
+    """Load a state_dict saved by any optimizer of OPTIMIZERS into `opt` (another one, or another precision).
+
+    Per parameter: a state without "step" (a parameter that never had a gradient: only a master copy, e.g.
+    the pooler's) is dropped; an fp32 master copy ("master_param") is kept where `opt` keeps one (bf16
+    weights), taken from `opt` itself when the saved state has none (its parameters hold the checkpoint's
+    fp32 values), and dropped where `opt` keeps none. Each group keeps its own keys (torch's `fused`,
+    fastbert's `decoupled_weight_decay`), with the saved values of the keys both have (lr, betas, ...)."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    ids = [i for g in saved["param_groups"] for i in g["params"]]
+    if len(ids) != len(params) or len(saved["param_groups"]) != len(opt.param_groups):
+        raise CheckpointError(f"the saved optimizer state has {len(ids)} parameters in {len(saved['param_groups'])} "
+                         f"groups; this model has {len(params)} in {len(opt.param_groups)}")
+    state = {}
+    for i, p in zip(ids, params):
+        s = dict(saved["state"].get(i, {})) if "step" in saved["state"].get(i, {}) else {}
+        master = opt.state.get(p, {}).get("master_param")
+        if master is not None:
+            s.setdefault("master_param", master)
+        else:
+            s.pop("master_param", None)
+        if s:
+            state[i] = s
+    groups = [{**{k: v for k, v in g.items() if k != "params"},
+               **{k: v for k, v in sg.items() if k in g and k != "params"}, "params": sg["params"]}
+              for g, sg in zip(opt.param_groups, saved["param_groups"])]
+    opt.load_state_dict({"state": state, "param_groups": groups})
 
 
 def clips_itself(opt: torch.optim.Optimizer) -> bool:
@@ -76,8 +108,8 @@ def schedule(cfg: dict, total_steps: int):
     warmup = cfg["warmup"]
     warm = int(warmup) if warmup >= 1 else int(round(warmup * total_steps))
     kind = cfg["schedule"]
-    if kind not in ("linear", "cosine", "constant"):
-        raise ValueError(f"schedule must be linear, cosine or constant; got {kind!r}")
+    if kind not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {kind!r}")
 
     def f(step: int) -> float:
         if step < warm:

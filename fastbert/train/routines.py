@@ -17,6 +17,7 @@ task t's batches per epoch of its data; smaller data sets are cycled, each in it
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import numpy as np
@@ -27,7 +28,10 @@ Backward = Callable[[torch.Tensor], None]
 
 
 class Routine:
-    def __init__(self, tasks: list[str], batches: dict[str, int], seed: int = 0, standardize: bool = False):
+    """tasks: the trained tasks in order; batches: {task: B_t}. Subclasses add the settings they use (seed,
+    standardize), which `build` passes to those that take them."""
+
+    def __init__(self, tasks: list[str], batches: dict[str, int]):
         if not tasks:
             raise ValueError("a routine needs at least one task")
         self.tasks, self.batches = list(tasks), dict(batches)
@@ -50,7 +54,7 @@ class Routine:
 
 
 class Sequential(Routine):
-    def __init__(self, tasks, batches, seed=0, standardize=False):
+    def __init__(self, tasks, batches):
         super().__init__(tasks, batches)
         self.passes = {t: max(1, self.most // self.batches[t]) for t in self.tasks}
         self.plan = [(t, self.passes[t] * self.batches[t]) for t in self.tasks]
@@ -99,7 +103,7 @@ class Parallel(Routine):
 
 
 class Weighted(Routine):
-    def __init__(self, tasks, batches, seed=0, standardize=False):
+    def __init__(self, tasks, batches, standardize: bool = False):
         super().__init__(tasks, batches)
         self.standardize = standardize
         self.prev: dict[str, float] = {}
@@ -136,8 +140,8 @@ class Weighted(Routine):
 
 
 class Stochastic(Weighted):
-    def __init__(self, tasks, batches, seed=0, standardize=False):
-        super().__init__(tasks, batches, seed, standardize)
+    def __init__(self, tasks, batches, seed: int = 0, standardize: bool = False):
+        super().__init__(tasks, batches, standardize)
         self.rng = np.random.default_rng([seed, 1])
 
     def step(self, step, loss, backward, shared):
@@ -169,7 +173,7 @@ def project_conflicting(grads: list[torch.Tensor], order: list[list[int]]) -> to
 
 
 class PCGrad(Routine):
-    def __init__(self, tasks, batches, seed=0, standardize=False):
+    def __init__(self, tasks, batches, seed: int = 0):
         super().__init__(tasks, batches)
         self.rng = np.random.default_rng([seed, 2])
 
@@ -205,6 +209,10 @@ ROUTINES = {"sequential": Sequential, "additive": Additive, "parallel": Parallel
 
 
 def build(name: str, tasks: list[str], batches: dict[str, int], seed: int = 0, standardize: bool = False) -> Routine:
+    """The routine `name`, given the settings among seed and standardize that it uses."""
     if name not in ROUTINES:
         raise ValueError(f"unknown routine {name!r}; choose one of {list(ROUTINES)}")
-    return ROUTINES[name](tasks, batches, seed, standardize)
+    cls = ROUTINES[name]
+    takes = inspect.signature(cls).parameters
+    settings = {k: v for k, v in {"seed": seed, "standardize": standardize}.items() if k in takes}
+    return cls(tasks, batches, **settings)

@@ -10,6 +10,9 @@ import time
 import yaml
 from tqdm import tqdm
 
+from fastbert._io import atomic_write
+from fastbert.errors import NotFoundError
+
 
 def default_dir(stage: str, resume: bool) -> str:
     """runs/<stage>-<time>; with resume, the newest runs/<stage>-*."""
@@ -17,24 +20,25 @@ def default_dir(stage: str, resume: bool) -> str:
         found = sorted(d for d in glob.glob(os.path.join("runs", f"{stage}-*")) if os.path.isdir(d))
         if found:
             return found[-1]
-        raise FileNotFoundError(f"--resume: no runs/{stage}-* here; pass --run_dir")
+        raise NotFoundError(f"--resume: no runs/{stage}-* here; pass --run_dir")
     return os.path.join("runs", f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 class Run:
-    def __init__(self, path: str, cfg: dict):
-        self.path = path
+    """A run directory. A training run (deferred=True) writes config.yaml only at begin(), once its start is
+    restored, so a failed resume leaves the saved settings as they were."""
+
+    def __init__(self, path: str, cfg: dict, deferred: bool = False):
+        self.path, self.cfg = path, cfg
         os.makedirs(path, exist_ok=True)
-        atomic_write(os.path.join(path, "config.yaml"), yaml.safe_dump(cfg, sort_keys=False))
         self.metrics = os.path.join(path, "metrics.jsonl")
+        self.inherited = _end_lines(self.metrics)  # bytes written by earlier starts of this run
+        if not deferred:
+            self.save_config()
         self.started = time.time()
+
+    def save_config(self) -> None:
+        atomic_write(os.path.join(self.path, "config.yaml"), yaml.safe_dump(self.cfg, sort_keys=False))
 
     def log(self, msg: str, echo: bool = True) -> None:
         """A line in run.log, and on stderr (above any progress bar) if echo."""
@@ -48,15 +52,25 @@ class Run:
             f.write(json.dumps(rec) + "\n")
 
     def records(self) -> list[dict]:
+        """The records of metrics.jsonl (a line torn by a kill mid-write is left out)."""
         if not os.path.exists(self.metrics):
             return []
-        with open(self.metrics, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+        with open(self.metrics, "rb") as f:
+            return _parse(f.read())
 
-    def truncate(self, step: int) -> None:
-        """Resuming from `step`: forget records of later steps (they will be made again)."""
-        keep = [r for r in self.records() if r.get("step", 0) <= step]
-        atomic_write(self.metrics, "".join(json.dumps(r) + "\n" for r in keep))
+    def begin(self, step: int) -> None:
+        """The run (re)starts at `step`, after `step` was restored: config.yaml is written, and the records of
+        earlier starts are kept only up to `step` and without those every start makes again (skipped-row
+        events, the final result); this start's own records stay. Then metrics.jsonl reads as one run."""
+        self.save_config()
+        data = b""
+        if os.path.exists(self.metrics):
+            with open(self.metrics, "rb") as f:
+                data = f.read()
+        old = [r for r in _parse(data[:self.inherited])
+               if isinstance(r.get("step"), int) and r["step"] <= step and not {"event", "final"} & r.keys()]
+        atomic_write(self.metrics, "".join(json.dumps(r) + "\n" for r in old + _parse(data[self.inherited:])))
+        self.inherited = os.path.getsize(self.metrics)
 
     def plot(self) -> None:
         """curves.png: training loss per task and dev metrics against steps."""
@@ -81,9 +95,34 @@ class Run:
         if dev:
             b.legend()
         fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.92, wspace=0.22)
-        tmp = os.path.join(self.path, ".curves.tmp.png")
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, os.path.join(self.path, "curves.png"))
+        atomic_write(os.path.join(self.path, "curves.png"), lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+
+
+def _end_lines(path: str) -> int:
+    """The size of `path` (0 if absent), after ending a line torn by a kill mid-write."""
+    if not os.path.exists(path):
+        return 0
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size:
+            f.seek(size - 1)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+                size += 1
+    return size
+
+
+def _parse(data: bytes) -> list[dict]:
+    """JSON lines; a line that is not a JSON object (torn by a kill mid-write) is left out."""
+    out = []
+    for line in data.decode("utf-8", "replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
 
 
 def dev_table(dev: dict, metric_names: dict, note: str = "") -> str:

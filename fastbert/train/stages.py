@@ -10,7 +10,9 @@ the dev table of the best checkpoint. Python API:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import os
 import time
 import zlib
@@ -20,13 +22,15 @@ import torch
 
 from fastbert import _extension
 from fastbert import tasks as tasks_mod
+from fastbert._io import atomic_write
 from fastbert.config import BertConfig
 from fastbert.data.batching import Encoded, Loader
+from fastbert.errors import CheckpointError, NotFoundError, RunDirError
 from fastbert.model import BertModel
 from fastbert.pretrained import default_path
 from fastbert.tokenizer import BertTokenizer
-from fastbert.train import checkpoint, config, loop, optim
-from fastbert.train.run import Run, atomic_write, default_dir, dev_table
+from fastbert.train import checkpoint, config, lock, loop, optim
+from fastbert.train.run import Run, default_dir, dev_table
 
 # CS224N submission files: task -> (file prefix, header column)
 CS224N_FILES = {"sst": ("sst", "Predicted_Sentiment"), "quora": ("para", "Predicted_Is_Paraphrase"),
@@ -72,6 +76,37 @@ def build(cfg: dict, names: list[str], source: str | None = None) -> loop.Model:
     model.untrained = [n for n in names if n not in loaded and n not in cfg["tasks"]
                        and any(True for _ in model.tasks[n].parameters())]
     return model
+
+
+def check_lengths(cfg: dict, names: list[str], source: str | None) -> None:
+    """Every task's max_length within the encoder's position embeddings (its config read, nothing loaded)."""
+    if source is None and cfg["model"]:
+        try:
+            limit = BertConfig(**cfg["model"]).max_position_embeddings
+        except (TypeError, ValueError) as e:
+            raise config.ConfigError(f"setting model: {cfg['model']!r}: {e}") from None
+    else:
+        try:
+            limit = BertConfig.from_json(source or default_path()).max_position_embeddings
+        except ValueError as e:  # a truncated or hand-edited config.json
+            raise CheckpointError(str(e)) from None
+    origin = source or ("setting model" if cfg["model"] else "the packaged MiniLM")
+    for name in names:
+        n = config.task_settings(cfg, name)["max_length"]
+        if n > limit:
+            key = f"{name}.max_length" if "max_length" in (cfg.get(name) or {}) else "max_length"
+            raise config.ConfigError(f"setting {key}: {n} is beyond the encoder's {limit} positions ({origin}); "
+                                     f"expected an integer in 1..{limit}")
+
+
+def check_resumable(cfg: dict, resume: str) -> None:
+    """The settings a checkpoint's trainer state is made of (data positions per task, the routine's state)
+    are the run's: a resume cannot change them."""
+    saved = checkpoint.saved_config(resume) or {}
+    for key in ("tasks", "routine"):
+        if key in saved and saved[key] != cfg[key]:
+            raise config.ConfigError(f"setting {key}: {cfg[key]!r} is not the resumed run's {saved[key]!r} "
+                                     f"({resume}); resume with it, or start a new run from it with --init {resume}")
 
 
 def _encode(model, name, examples):
@@ -171,20 +206,54 @@ def _run_dir(cfg: dict) -> tuple[str, str | None]:
     path = cfg["run_dir"] or default_dir(cfg["stage"], cfg["resume"])
     last = checkpoint.find_last(path)
     if last and not cfg["resume"]:
-        raise FileExistsError(f"{path} holds checkpoints already: --resume continues it, or pick another --run_dir")
+        raise RunDirError(f"{path} holds checkpoints already: --resume continues it, or pick another --run_dir")
     return path, last if cfg["resume"] else None
 
 
+def check_device(cfg: dict) -> None:
+    """The device exists here, and the precision runs on it with the optimizer (before anything loads)."""
+    device = cfg["device"]
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device[5:]) if ":" in device else 0
+        if index >= count:
+            raise config.ConfigError(f"setting device: {device!r} is not available here ({count} CUDA devices); "
+                                     "expected auto or cpu" + (f", or cuda:0..cuda:{count - 1}" if count else ""))
+    try:
+        loop.precision(cfg, loop.device_of(cfg))
+    except ValueError as e:
+        raise config.ConfigError(f"setting precision: {cfg['precision']!r} is not allowed here: {e}") from None
+
+
+def locked(stage):
+    """The stage, once the device is checked, with its run directory locked while it runs (by the main
+    process of a distributed run): two runs never share a directory."""
+    @functools.wraps(stage)
+    def run(cfg: dict) -> dict:
+        check_device(cfg)
+        path = cfg["run_dir"] or default_dir(cfg["stage"], cfg.get("resume", False))
+        with lock.held(path) if loop.is_main_process() else contextlib.nullcontext():
+            return stage({**cfg, "run_dir": path})
+
+    return run
+
+
+@locked
 def train(cfg: dict) -> dict:
     """Run a training stage (pretrain, nli, contrastive, single, multitask); returns its result."""
     set_threads(cfg)
     path, resume = _run_dir(cfg)
     config.data_dir(cfg)  # fail before the model loads
     names = _eval_names(cfg)
+    if resume:
+        check_resumable(cfg, resume)
+    check_lengths(cfg, names, resume or (_checkpoint_dir(cfg["init"]) if cfg["init"] else None))
     model = build(cfg, names, source=resume)
     # the run's settings, with every task's in full: a checkpoint rebuilds its heads from them alone
     cfg = {**cfg, "run_dir": path, **{n: dict(model.tasks[n].cfg) for n in names}}
-    run = Run(path, cfg)
+    run = Run(path, cfg, deferred=True)
+    if resume is None:  # else the loop begins the run once it has restored the checkpoint
+        run.begin(0)
     if cfg["resume"] and resume is None:
         run.log(f"--resume: nothing saved in {path} yet, starting from the beginning")
     for n in model.untrained:
@@ -219,13 +288,14 @@ def _checkpoint_dir(path: str) -> str:
         d = os.path.join(path, sub)
         if os.path.exists(os.path.join(d, "config.json")):
             return os.path.realpath(d)
-    raise FileNotFoundError(f"{path}: not a checkpoint (no config.json) nor a run directory with best/ or last/")
+    raise NotFoundError(f"{path}: not a checkpoint (no config.json) nor a run directory with best/ or last/")
 
 
 def _for_checkpoint(cfg: dict) -> tuple[loop.Model, Run, list[str]]:
     source = _checkpoint_dir(cfg["init"]) if cfg["init"] else None
     saved = checkpoint.saved_config(source) if source else None
     names = _eval_names(cfg, saved) or ["sst", "quora", "sts"]
+    check_lengths(cfg, names, source)
     model = build(cfg, names)
     run = Run(cfg["run_dir"] or default_dir(cfg["stage"], False), {**cfg, "init": source})
     for n in model.untrained:
@@ -233,6 +303,7 @@ def _for_checkpoint(cfg: dict) -> tuple[loop.Model, Run, list[str]]:
     return model, run, names
 
 
+@locked
 def evaluate(cfg: dict) -> dict:
     """Dev metrics of a checkpoint (`init`: a checkpoint or run directory; none: the packaged MiniLM)."""
     set_threads(cfg)
@@ -247,6 +318,7 @@ def evaluate(cfg: dict) -> dict:
     return {"run_dir": run.path, "dev": dev}
 
 
+@locked
 def predict(cfg: dict) -> dict:
     """Prediction files (CS224N format) for the dev and test files of a checkpoint's tasks."""
     set_threads(cfg)
@@ -308,7 +380,7 @@ def chain(recipe: dict, overrides: dict | None = None) -> dict:
     for i, link in enumerate(links):
         link = copy.deepcopy(link)
         stage = link.pop("stage", None)
-        if stage not in ("pretrain", "nli", "contrastive", "single", "multitask"):
+        if stage not in config.TRAINING_STAGES:
             raise config.ConfigError(f"chain link {i}: stage must be a training stage, got {stage!r}")
         path = os.path.join(root, f"{i}-{stage}")
         link_cfg = config.resolve(stage, config.merge(merged, link),
@@ -324,5 +396,4 @@ def chain(recipe: dict, overrides: dict | None = None) -> dict:
     return {"run_dir": root, "last": result}
 
 
-STAGES = {"pretrain": train, "nli": train, "contrastive": train, "single": train, "multitask": train,
-          "evaluate": evaluate, "predict": predict}
+STAGES = {**{stage: train for stage in config.TRAINING_STAGES}, "evaluate": evaluate, "predict": predict}

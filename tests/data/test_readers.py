@@ -151,3 +151,46 @@ def test_sick_splits_filter_rows(data_dir):
     rel = _read("sick_r", "dev", data_dir)
     assert all(1.0 <= e.label <= 5.0 for e in rel) and len(rel) == 495
     assert os.path.basename(tasks.task_config("sick")["train"]) == "SICK.txt"
+
+
+def _write_bytes(tmp_path, name, data: bytes):
+    p = tmp_path / name
+    p.write_bytes(data)
+    return str(p)
+
+
+@pytest.mark.parametrize("delimiter", ["\t", ","])
+def test_bytes_that_are_not_utf8_name_file_and_line_or_are_skipped(tmp_path, delimiter):
+    d = delimiter.encode()
+    rows = [b"id" + d + b"sentence" + d + b"sentiment", b"a" + d + b"fine" + d + b"1",
+            b"b" + d + b"caf\xe9 latin-1" + d + b"2", b"c" + d + b"good" + d + b"3",
+            b"d" + d + b"\x00\x01\x02\xff\xfe" + d + b"0", b"e" + d + b"also fine" + d + b"4"]
+    path = _write_bytes(tmp_path, "f.csv", b"\n".join(rows) + b"\n")
+    kw = {"text": ["sentence"], "label": "sentiment", "id": "id", "num_labels": 5, "delimiter": delimiter}
+    with pytest.raises(DataError, match=rf"f\.csv:3: field 2 holds byte 0xe9, which is not UTF-8 .*--skip-bad-rows"):
+        read_table(path, **kw)
+    skipped = []
+    ex = read_table(path, **kw, skipped=skipped)
+    assert [e.id for e in ex] == ["a", "c", "e"] and len(skipped) == 2
+    assert skipped[0].endswith("f.csv:3: field 2 holds byte 0xe9, which is not UTF-8 (binary data, or another "
+                               "encoding?)")
+    assert "f.csv:5: field 2 holds a NUL byte" in skipped[1]
+
+
+def test_binary_garbage_is_a_data_error_not_a_decode_error(tmp_path):
+    import random
+    garbage = bytes(random.Random(0).randrange(256) for _ in range(4000))
+    path = _write_bytes(tmp_path, "g.csv", b"id\tsentence\tsentiment\nx\tok\t1\n" + garbage)
+    with pytest.raises(DataError, match=r"g\.csv:\d+: "):
+        read_table(path, text=["sentence"], label="sentiment", id="id", num_labels=5)
+    skipped = []
+    assert [e.id for e in read_table(path, text=["sentence"], label="sentiment", id="id", num_labels=5,
+                                     skipped=skipped)] == ["x"]
+    assert skipped and all(s.startswith(f"{path}:") for s in skipped)
+    with pytest.raises(DataError, match=r"g\.csv:1: header: field 1 holds"):
+        read_table(_write_bytes(tmp_path, "g.csv", b"\xff\xfeid\tsentence\n"), text=["sentence"])
+    text = _write_bytes(tmp_path, "t.txt", b"one line\n\xc3\x28 broken\nthird\n")
+    with pytest.raises(DataError, match=r"t\.txt:2: the line holds byte 0xc3"):
+        read_text(text)
+    skipped = []
+    assert [e.texts for e in read_text(text, skipped)] == [("one line",), ("third",)] and len(skipped) == 1

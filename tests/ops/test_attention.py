@@ -1,30 +1,28 @@
 """The Triton attention kernels against the reference op: output and dq, dk, dv, padded and packed.
 
 On CPU the kernels run in the Triton interpreter (Python per program), so shapes stay small; on a CUDA
-machine with TRITON_INTERPRET=0 the same tests run the compiled kernels (and bf16). Errors are
-max |a - b| / max |b| against the reference op on the same (rounded) inputs, which computes in fp32:
-fp16/bf16 tolerances are a few units of their rounding error, the size of PyTorch's own fp16 attention
-error against fp32 (2e-4 .. 9e-4 at these shapes; the kernels measure the same).
+machine (TRITON_INTERPRET unset) the same tests run the compiled kernels, and bf16 (tests/_device.py).
+Errors are max |a - b| / max |b| (tests/_tolerance.py) against the reference op on the same (rounded)
+inputs, which computes in fp32: fp16/bf16 tolerances are a few units of their rounding error (tl.dot sums
+a whole row of products), the size of PyTorch's own fp16 attention error against fp32.
 """
 import pytest
 import torch
 
-from fastbert import backend, ops, use_backend
+from fastbert import ops, use_backend
 from fastbert.ops import padding
 from fastbert.ops.attention import attention_reference
-from tests.conftest import max_rel_err
+from tests._device import DEVICE, TRITON_MARKS, needs_compiled_triton
+from tests._tolerance import assert_close, max_rel_err
 
+pytestmark = TRITON_MARKS
 pytest.importorskip("triton")
 from fastbert.kernels import attention as kernels  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FP32 = (torch.float32, 1e-5)
 FP16 = (torch.float16, 2e-3)
-# The interpreter keeps bf16 as raw uint16 and its tl.dot multiplies those bit patterns, so bf16 dots
-# can only be checked on a GPU; fp16 exercises the same 16-bit code path here.
+# bf16 dots run only compiled (needs_compiled_triton); fp16 exercises the same 16-bit code path here.
 BF16 = (torch.bfloat16, 1.6e-2)
-COMPILED = pytest.mark.skipif(backend.triton_interpreted(), reason="the Triton interpreter holds bf16 as uint16 "
-                              "and its tl.dot multiplies those bits: bf16 needs the compiled kernels (CUDA)")
 
 
 def _inputs(lens, heads, head_dim, seed=0):
@@ -46,9 +44,7 @@ def _run(impl, fn, q, k, v, grad, *args, dtype=torch.float32, dropout_p=0.0, see
 
 def _assert_close(actual, expected, tol):
     for name, a, e in zip(("out", "dq", "dk", "dv"), actual, expected):
-        assert torch.isfinite(a).all(), name
-        err = max_rel_err(a, e)
-        assert err <= tol, f"{name}: max rel err {err:.2e} > {tol:.0e}"
+        assert_close(a, e, tol, what=name)
 
 
 # (dtype, head dim, lengths, heads): every head dim in fp32 and a 16-bit dtype; lengths 1, 7, 65, 130,
@@ -60,7 +56,9 @@ PADDED_CASES = [
     (FP16, 32, (7, 3), 2),
     (FP16, 64, (130, 65, 1, 0), 1),
     (FP16, 128, (65, 33), 1),
-    pytest.param(BF16, 64, (130, 65, 1, 0), 2, marks=COMPILED),
+    pytest.param(BF16, 64, (130, 65, 1, 0), 2, marks=needs_compiled_triton),
+    pytest.param(BF16, 32, (7, 3), 2, marks=needs_compiled_triton),
+    pytest.param(BF16, 128, (65, 33), 1, marks=needs_compiled_triton),
 ]
 
 
@@ -76,11 +74,25 @@ def test_padded_matches_reference(dtype_tol, head_dim, lens, heads):
         assert t.dtype == dtype and (t[padded] == 0).all()
 
 
-@pytest.mark.parametrize("dtype_tol, dropout_p", [(FP32, 0.25), (FP16, 0.0)])
-def test_varlen_matches_reference_and_padded(dtype_tol, dropout_p):
+VARLEN_CASES = [  # (dtype, head dim, dropout): every head dim, fp16 with and without dropout, bf16 compiled
+    (FP32, 64, 0.25),
+    (FP16, 64, 0.0),
+    (FP16, 64, 0.25),
+    (FP32, 32, 0.1),
+    (FP16, 32, 0.0),
+    (FP32, 128, 0.0),
+    (FP16, 128, 0.1),
+    pytest.param(BF16, 64, 0.0, marks=needs_compiled_triton),
+    pytest.param(BF16, 32, 0.25, marks=needs_compiled_triton),
+    pytest.param(BF16, 128, 0.1, marks=needs_compiled_triton),
+]
+
+
+@pytest.mark.parametrize("dtype_tol, head_dim, dropout_p", VARLEN_CASES)
+def test_varlen_matches_reference_and_padded(dtype_tol, head_dim, dropout_p):
     dtype, tol = dtype_tol
     lens = (45, 1, 0, 7)
-    q, k, v, grad, seqlens = _inputs(lens, 1, 64)
+    q, k, v, grad, seqlens = _inputs(lens, 1, head_dim)
     valid = torch.arange(max(lens), device=DEVICE)[None, :] < seqlens[:, None]
     cu = padding.seqlens_to_cu(seqlens)
     packed = [t[valid] for t in (q, k, v, grad)]
@@ -93,6 +105,17 @@ def test_varlen_matches_reference_and_padded(dtype_tol, dropout_p):
     padded = _run("triton", ops.attention, q, k, v, grad, seqlens, dtype=dtype, dropout_p=dropout_p, seed=3)
     for a, p in zip(actual, padded):
         assert torch.equal(a, p[valid])
+
+
+@pytest.mark.parametrize("dtype_tol", [FP32, FP16, pytest.param(BF16, marks=needs_compiled_triton)])
+def test_padded_dropout_matches_reference(dtype_tol):
+    dtype, tol = dtype_tol
+    lens, p = (40, 9, 0), 0.3
+    q, k, v, grad, seqlens = _inputs(lens, 2, 32)
+    expected = _run("reference", ops.attention, *(t.to(dtype) for t in (q, k, v, grad)), seqlens, dropout_p=p,
+                    seed=7)
+    actual = _run("triton", ops.attention, q, k, v, grad, seqlens, dtype=dtype, dropout_p=p, seed=7)
+    _assert_close(actual, expected, tol)
 
 
 def test_dropout_matches_reference_and_follows_torch_seed():
@@ -169,4 +192,5 @@ def test_head_dim_without_kernel(monkeypatch):
     # "auto" runs Triton wherever it resolves to it (CUDA), except for head dims it has no kernel for.
     monkeypatch.setattr("fastbert.backend.resolve", lambda op, device, kernels: "triton")
     with use_backend("auto"):
-        torch.testing.assert_close(ops.attention(q, q, q), attention_reference(q, q, q, torch.tensor([5, 5])))
+        expected = attention_reference(q, q, q, torch.tensor([5, 5], device=DEVICE))
+        torch.testing.assert_close(ops.attention(q, q, q), expected)

@@ -1,5 +1,7 @@
 """FusedAdam / FusedAdamW against torch.optim.Adam / AdamW: parameters and states, state_dict interchange,
-resumption, fused clipping against clip_grad_norm_, mixed precision, and bad input."""
+resumption, fused clipping against clip_grad_norm_, mixed precision, and bad input. The tests taking the
+`device` fixture run on CPU (the C++ kernel) and on CUDA (csrc/cuda/adam.cu, against torch.optim on CUDA
+tensors); the CUDA cases skip without a GPU and fail on a GPU where fastbert._C_cuda was not built."""
 import copy
 import io
 
@@ -9,9 +11,15 @@ import torch
 from fastbert import _extension, use_backend
 from fastbert.optim import FusedAdam, FusedAdamW
 from fastbert.optim.adam import _implementation, l2_norm_reference
-from tests.conftest import max_rel_err
+from tests._tolerance import max_rel_err
 
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the CUDA FusedAdam kernel needs a CUDA GPU")])])
+def device(request) -> torch.device:
+    return torch.device(request.param)
 
 
 def make_params(kind: str) -> list[torch.Tensor]:
@@ -21,15 +29,17 @@ def make_params(kind: str) -> list[torch.Tensor]:
     return [torch.randn(13, 7).t(), torch.randn(10, 8)[:, ::2], torch.randn(3, 5, 7), torch.randn(1)]
 
 
-def make_grad(p: torch.Tensor, i: int, dtype=None) -> torch.Tensor:
+def make_grad(p: torch.Tensor, i: int, dtype=None, device="cpu") -> torch.Tensor:
     """Every other gradient is a non-contiguous view."""
     dtype = dtype or p.dtype
-    return torch.randn(*p.shape, 2, dtype=dtype)[..., 0] if i % 2 else torch.randn(p.shape, dtype=dtype)
+    if i % 2:
+        return torch.randn(*p.shape, 2, dtype=dtype, device=device)[..., 0]
+    return torch.randn(p.shape, dtype=dtype, device=device)
 
 
-def leaves(params, dtype=None):
+def leaves(params, dtype=None, device="cpu"):
     """Leaf copies with the same strides (clone() would make the non-dense one contiguous)."""
-    return [torch.empty_strided(p.shape, p.stride(), dtype=dtype or p.dtype).copy_(p).requires_grad_()
+    return [torch.empty_strided(p.shape, p.stride(), dtype=dtype or p.dtype, device=device).copy_(p).requires_grad_()
             for p in params]
 
 
@@ -75,21 +85,22 @@ CONFIGS = {  # name: (ours, torch's, kwargs)
 }
 
 
-def test_kernel_path_is_used():
-    assert _implementation(torch.device("cpu")) == "kernel", _extension.status()
+def test_kernel_path_is_used(device):
+    assert _implementation(device) == "kernel", _extension.status()
 
 
 @pytest.mark.parametrize("config,kind", [(c, "odd") for c in CONFIGS] + [("adam", "strided"),
                                                                          ("adamw_amsgrad_maximize", "strided")])
-def test_matches_torch_for_200_steps(config, kind):
+def test_matches_torch_for_200_steps(config, kind, device):
     ours_cls, torch_cls, kwargs = CONFIGS[config]
     init = make_params(kind)
-    ours, ref = leaves(init), leaves(init)
+    ours, ref = leaves(init, device=device), leaves(init, device=device)
     wd = kwargs.get("weight_decay", 0)
     opt, ref_opt = ours_cls(groups(ours, wd), lr=1e-2, **kwargs), torch_cls(groups(ref, wd), lr=1e-2, **kwargs)
     scheds = [torch.optim.lr_scheduler.StepLR(o, step_size=50, gamma=0.5) for o in (opt, ref_opt)]
     grads = {}  # the same gradient tensors for both
-    grads_of_step = lambda step: grads.setdefault(step, [make_grad(p, i) for i, p in enumerate(init)])  # noqa: E731
+    grads_of_step = lambda step: grads.setdefault(step, [make_grad(p, i, device=device)  # noqa: E731
+                                                          for i, p in enumerate(init)])
     run(opt, scheds[0], ours, grads_of_step, 200)
     run(ref_opt, scheds[1], ref, grads_of_step, 200)
     assert_same(ours, opt, ref, ref_opt)
@@ -136,11 +147,11 @@ def save_load(state_dict):
 
 
 @pytest.mark.parametrize("first,second", [(torch.optim.AdamW, FusedAdamW), (FusedAdamW, torch.optim.AdamW)])
-def test_switching_optimizers_mid_training(first, second):
+def test_switching_optimizers_mid_training(first, second, device):
     """50 steps with one, the state_dict into the other, 50 more: as 100 steps with torch alone."""
     init = make_params("odd")
-    switched, ref = leaves(init), leaves(init)
-    grads = [[make_grad(p, i) for i, p in enumerate(init)] for _ in range(100)]
+    switched, ref = leaves(init, device=device), leaves(init, device=device)
+    grads = [[make_grad(p, i, device=device) for i, p in enumerate(init)] for _ in range(100)]
     kwargs = dict(lr=1e-2, weight_decay=0.1, amsgrad=True)
     ref_opt = torch.optim.AdamW(ref, **kwargs)
     ref_sched = torch.optim.lr_scheduler.StepLR(ref_opt, step_size=30, gamma=0.5)
@@ -187,14 +198,14 @@ def test_resumed_run_continues_identically():
 
 @pytest.mark.parametrize("backend", ["auto", "reference"])
 @pytest.mark.parametrize("max_norm", [0.5, 1e4])  # clipping on every step, never
-def test_clipping_equals_clip_grad_norm_then_step(max_norm, backend):
+def test_clipping_equals_clip_grad_norm_then_step(max_norm, backend, device):
     init = make_params("odd")
-    ours, ref = leaves(init), leaves(init)
+    ours, ref = leaves(init, device=device), leaves(init, device=device)
     opt = FusedAdamW(ours, lr=1e-2, max_grad_norm=max_norm, maximize=True)
     ref_opt = torch.optim.AdamW(ref, lr=1e-2, maximize=True)
     with use_backend(backend):
         for _ in range(200):
-            grads = [make_grad(p, i) for i, p in enumerate(init)]
+            grads = [make_grad(p, i, device=device) for i, p in enumerate(init)]
             for p, r, g in zip(ours, ref, grads):
                 p.grad, r.grad = g, g.clone()
             norm = opt.step()
@@ -211,11 +222,11 @@ def test_clipping_equals_clip_grad_norm_then_step(max_norm, backend):
 
 
 @pytest.mark.parametrize("bad", [float("inf"), float("nan")])
-def test_nonfinite_norm_skips_the_step(bad):
-    params = leaves(make_params("odd"))
+def test_nonfinite_norm_skips_the_step(bad, device):
+    params = leaves(make_params("odd"), device=device)
     opt = FusedAdam(params, lr=1e-2, max_grad_norm=1.0)
     for i, p in enumerate(params):
-        p.grad = make_grad(p, i)
+        p.grad = make_grad(p, i, device=device)
     opt.step()
     before = copy.deepcopy((params, opt.state_dict()))
     params[0].grad = params[0].grad.clone()
@@ -248,14 +259,14 @@ def test_nonfinite_norm_applied_like_torch_when_not_skipping():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_master_weights_follow_fp32_adam(dtype):
+def test_master_weights_follow_fp32_adam(dtype, device):
     init = make_params("odd")
-    ours, ref = leaves(init, dtype), leaves(init, dtype)
+    ours, ref = leaves(init, dtype, device), leaves(init, dtype, device)
     ref = [r.float().detach().requires_grad_() for r in ref]  # fp32 Adam from the same (rounded) start
     opt = FusedAdamW(ours, lr=1e-2, amsgrad=True, max_grad_norm=1e3)  # the norm, no clipping (a test of its own)
     ref_opt = torch.optim.AdamW(ref, lr=1e-2, amsgrad=True)
     for _ in range(100):
-        grads = [make_grad(p, i, dtype) for i, p in enumerate(init)]
+        grads = [make_grad(p, i, dtype, device) for i, p in enumerate(init)]
         for p, r, g in zip(ours, ref, grads):
             p.grad, r.grad = g, g.float()
         norm = opt.step()
@@ -351,9 +362,10 @@ def test_params_without_grad_are_skipped():
     assert float(opt.state[params[2]]["step"]) == 1.0
 
 
-def test_multi_tensor_l2_norm_matches_torch():
-    tensors = [torch.randn(3 * 65536 + 5), torch.randn(40, 30).t(), torch.randn(10, 8)[:, ::2], torch.randn(0),
-               torch.randn(()), torch.randn(777, dtype=torch.bfloat16), 3 * torch.randn(55, dtype=torch.float16)]
+def test_multi_tensor_l2_norm_matches_torch(device):
+    new = lambda *shape, dtype=torch.float32: torch.randn(shape, dtype=dtype, device=device)  # noqa: E731
+    tensors = [new(3 * 65536 + 5), new(40, 30).t(), new(10, 8)[:, ::2], new(0), new(), new(777, dtype=torch.bfloat16),
+               3 * new(55, dtype=torch.float16)]
     norm = torch.ops.fastbert_C.multi_tensor_l2_norm(tensors)
     torch.testing.assert_close(norm.double(), torch.stack([t.double().norm() for t in tensors]).norm(), rtol=1e-6,
                                atol=0)

@@ -32,3 +32,10 @@ def test_accuracy_matches_numpy():
         accuracy([], [])
     with pytest.raises(ValueError):
         accuracy([1, 2], [1])
+
+
+def test_non_finite_predictions_make_the_metric_nan():
+    assert np.isnan(pearson([0.1, float("nan"), 0.3], [1.0, 2.0, 3.0]))  # (a NaN prediction read as 0.0 before)
+    assert np.isnan(pearson([float("nan")] * 3, [1.0, 2.0, 3.0]))
+    assert np.isnan(pearson([0.1, 0.2, float("inf")], [1.0, 2.0, 3.0]))
+    assert np.isnan(accuracy(np.array([1.0, float("nan")]), np.array([1, 0])))

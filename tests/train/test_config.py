@@ -131,3 +131,95 @@ def test_threads_setting():
         assert set_threads({"threads": None}) >= 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_every_setting_has_a_rule_that_its_default_follows():
+    assert set(config.RULES) == set(config.DEFAULTS)
+    for key, value in config.DEFAULTS.items():
+        config.check_value(key, value)
+
+
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("lr", "-1", "setting lr: -1 is not allowed; expected a number > 0"),
+    ("lr", "abc", "setting lr: 'abc' is not allowed; expected a number > 0"),
+    ("batch_size", "0", "setting batch_size: 0 is not allowed; expected an integer >= 1"),
+    ("batch_size", "2.5", "setting batch_size: 2.5 is not allowed; expected an integer >= 1"),
+    ("routine", "nonsense", "setting routine: 'nonsense' is not allowed; expected one of sequential, additive"),
+    pytest.param("precision", "fp16", "setting precision: 'fp16' is not allowed here: precision fp16 needs CUDA",
+                 marks=NO_CUDA),
+    ("tasks", "foo", "setting tasks: unknown task 'foo'; allowed: sst, quora"),
+    ("optimizer", "foo", "setting optimizer: 'foo' is not allowed; expected one of auto, adamw, fused_adamw"),
+    ("eval_limit", "0", "setting eval_limit: 0 is not allowed; expected an integer >= 1, a mapping"),
+    ("log_every", "0", "setting log_every: 0 is not allowed; expected an integer >= 1"),
+    ("max_length", "-5", "setting max_length: -5 is not allowed; expected an integer >= 1"),
+    ("max_length", "0", "setting max_length: 0 is not allowed"),
+    pytest.param("device", "cuda", "setting device: 'cuda' is not available here (0 CUDA devices)", marks=NO_CUDA),
+    ("max_steps", "0", "setting max_steps: 0 is not allowed; expected an integer >= 1, or null (epochs decides)"),
+    ("max_steps", "-3", "setting max_steps: -3 is not allowed"),
+    ("threads", "0", "setting threads: 0 is not allowed; expected auto, an integer >= 1"),
+    ("sts.batch_size", "0", "setting sts.batch_size: 0 is not allowed"),
+    ("betas", "[0.9, 1.5]", "setting betas: [0.9, 1.5] is not allowed"),
+    ("freeze_encoder", "[3]", "setting freeze_encoder: [3] is not allowed"),
+])
+def test_bad_values_fail_before_anything_loads_with_one_line(key, value, message, monkeypatch, capsys):
+    from fastbert.train import __main__ as cli
+    from fastbert.train import stages
+
+    def never(*args, **kw):
+        raise AssertionError("the model was built before the settings were checked")
+
+    monkeypatch.setattr(stages, "build", never)
+    monkeypatch.setattr(stages, "set_threads", never)
+    assert cli.cli(["multitask", f"--{key}", value]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: " + message), err
+
+
+def test_max_length_beyond_the_encoder_fails_before_it_loads(tiny, monkeypatch):
+    from fastbert.train import run_stage, stages
+
+    def never(*args, **kw):
+        raise AssertionError("the model was built before max_length was checked")
+
+    monkeypatch.setattr(stages, "build", never)
+    with pytest.raises(config.ConfigError, match=r"setting max_length: 100000 is beyond the encoder's 512 positions "
+                                                 r"\(setting model\); expected an integer in 1\.\.512"):
+        run_stage("single", **{**tiny, "max_length": 100000}, task="sts")
+    with pytest.raises(config.ConfigError, match=r"setting sts.max_length: 600 is beyond the encoder's 512"):
+        run_stage("single", **tiny, task="sts", sts={"max_length": 600})
+
+
+def test_recipe_floats_without_a_dot_and_broken_yaml(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("lr: 1e-5\nbetas: [0.9, 9.99E-1]\ntasks: [quora]\nquora: {encoder: cross}\n")
+    recipe = config.load_recipe(str(path))  # (YAML 1.1 reads 1e-5 as a string)
+    assert recipe == {"lr": 1e-5, "betas": [0.9, 0.999], "tasks": ["quora"], "quora": {"encoder": "cross"}}
+    assert config.resolve("multitask", recipe)["lr"] == 1e-5
+    path.write_text("lr: [1e-5\n")
+    with pytest.raises(config.ConfigError, match=rf"{path}: not a YAML recipe \(") as e:
+        config.load_recipe(str(path))
+    assert "\n" not in str(e.value)
+
+
+def test_every_task_setting_has_a_rule_that_its_default_follows():
+    from fastbert import tasks
+    for kind, record in tasks.KINDS.items():
+        for key, value in record.defaults.items():
+            config.check_value(f"{kind}.{key}", value, config.TASK_RULES[key])
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"quora": {"encoder": "foo"}}, "setting quora.encoder: 'foo' is not allowed; expected one of bi, cross"),
+    ({"quora": {"encoder": "cross", "loss": "mnr"}}, "setting quora: loss 'mnr' is not one of"),
+    ({"quora": {"num_labels": 0}}, "setting quora.num_labels: 0 is not allowed; expected an integer >= 2"),
+    ({"sts": {"dropout": 1.5}}, r"setting sts.dropout: 1.5 is not allowed; expected a number in \[0, 1\)"),
+    ({"tasks": ["mlm"], "mlm": {"block_size": -1}}, "setting mlm.block_size: -1 is not allowed"),
+    ({"tasks": ["mlm"], "mlm": {"mask_prob": 0}}, r"setting mlm.mask_prob: 0 is not allowed; expected a number in \(0"),
+    ({"tasks": ["simcse"], "simcse": {"temperature": 0}}, "setting simcse.temperature: 0 is not allowed"),
+])
+def test_bad_task_settings_fail_in_resolve(override, message):
+    with pytest.raises(config.ConfigError, match=message):
+        config.resolve("multitask", None, override)

@@ -86,7 +86,7 @@ def test_evaluate_and_predict_files(tiny, tmp_path):
     names = sorted(os.path.basename(p) for p in pred["files"])
     assert names == ["para-dev-output.csv", "sst-dev-output.csv", "sst-test-output.csv", "sts-dev-output.csv",
                      "sts-test-output.csv"]
-    from tests.conftest import read_tsv_column
+    from tests._data import read_tsv_column
     for path in pred["files"]:
         name = os.path.basename(path)
         lines = open(path).read().split("\n")

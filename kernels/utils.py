@@ -1,0 +1,98 @@
+"""Launch helpers the kernel modules share: the interpreter switch, dropout arguments and keep mask, the
+row tiling of layer_norm and embedding, parameter dtypes, program counts and the AOT pointer types."""
+import torch
+import triton
+import triton.language as tl
+
+from fastbert.kernels import dropout_threshold
+
+
+def interpreted() -> bool:
+    """Whether Triton runs the kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
+    return bool(triton.knobs.runtime.interpret)
+
+
+# -- dropout (fastbert.ops.philox) --
+
+def dropout_args(dropout_p: float) -> tuple[int, float]:
+    """(threshold on the 16 random bits, scale of the kept elements)."""
+    return dropout_threshold(dropout_p), 1.0 / (1.0 - dropout_p)
+
+
+@triton.jit
+def keep_rows(seed, rows, N, threshold, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, ALIGNED: tl.constexpr):
+    """Dropout keep mask [ROWS, BLOCK_N] of a row-wise site: elements rows * N + col, per fastbert.ops.philox."""
+    if ALIGNED:
+        # N % 8 == 0: rows start Philox groups and one call feeds 8 elements; generate per [row, group, 8].
+        groups = (rows * N >> 3)[:, None] + tl.arange(0, BLOCK_N // 8)[None, :]
+        r0, r1, r2, r3 = tl.randint4x(seed, groups)
+        e = tl.arange(0, 8)[None, None, :]
+        word = tl.where(e < 2, r0[:, :, None], tl.where(e < 4, r1[:, :, None],
+                                                        tl.where(e < 6, r2[:, :, None], r3[:, :, None])))
+        keep = ((word >> ((e & 1) * 16).to(tl.uint32)) & 0xFFFF).to(tl.int32) >= threshold
+        return tl.reshape(keep, [ROWS, BLOCK_N])
+    else:
+        # Rows start inside Philox groups: one call per element.
+        i = (rows * N)[:, None] + tl.arange(0, BLOCK_N)[None, :]
+        r0, r1, r2, r3 = tl.randint4x(seed, i >> 3)
+        w = (i & 7) >> 1
+        word = tl.where(w == 0, r0, tl.where(w == 1, r1, tl.where(w == 2, r2, r3)))
+        return ((word >> (16 * (i & 1)).to(tl.uint32)) & 0xFFFF).to(tl.int32) >= threshold
+
+
+# -- row tiling: the kernels that hold whole rows of N elements (layer_norm, embedding) --
+
+MAX_N = 4096
+MIN_BLOCK = 512  # shorter rows share one compiled variant (masked lanes), keeping the variant count down
+# Elements a program holds at a time; the interpreter pays per operation, not per element: 16x larger.
+TILE = 32768 if interpreted() else 2048
+
+
+def check_row_size(op: str, n: int) -> None:
+    if not 1 <= n <= MAX_N:
+        raise ValueError(f"{op}: the triton kernel supports hidden sizes 1..{MAX_N}, got {n}")
+
+
+def row_config(n: int, dropout: bool, backward: bool, tile: int) -> tuple[dict, dict]:
+    """(constexprs, launch options) of the row-tiled kernels for rows of n elements: BLOCK_N = next power of
+    two (at least MIN_BLOCK), ROWS rows per tile of `tile` (TILE) elements; 8 elements per thread in forward,
+    4 in backward (it holds more per element: at 8, BLOCK_N=4096 needs 16 warps and spills under their
+    128-register cap). maxnreg states the register file's share per thread, else ptxas may spill a few
+    bytes for occupancy."""
+    block_n = max(MIN_BLOCK, triton.next_power_of_2(n))
+    rows = max(1, tile // block_n)
+    num_warps = min(rows * block_n // (128 if backward else 256), 32)
+    return (dict(ALIGNED=dropout and n % 8 == 0, ROWS=rows, BLOCK_N=block_n),
+            dict(num_warps=num_warps, num_stages=1, maxnreg=min(255, 65536 // (32 * num_warps))))
+
+
+def row_variants() -> list[tuple[int, bool, str]]:
+    """(n, dropout, tag): one row size per BLOCK_N and dropout mode (none, grouped Philox for n % 8 == 0,
+    per-element Philox otherwise), for aot_specs()."""
+    blocks = [MIN_BLOCK << k for k in range((MAX_N // MIN_BLOCK).bit_length())]
+    modes = [(False, 8), (True, 8), (True, 1)]  # (dropout, n % 8)
+    return [(block - 8 + n_mod, dropout, f"drop={'-' if not dropout else 'ge'[n_mod != 8]} BLOCK_N={block}")
+            for block in blocks for dropout, n_mod in modes]
+
+
+def param_dtype(x_dtype: torch.dtype, *params: torch.Tensor | None) -> torch.dtype:
+    """Weights and biases load in x's dtype or in fp32: other mixes are cast up (N elements, exact)."""
+    return x_dtype if all(p.dtype == x_dtype for p in params if p is not None) else torch.float32
+
+
+def programs(device: torch.device, interpreted_count: int) -> int:
+    """Programs for a kernel whose programs each walk many rows: about 4 per SM on a GPU (few partial sums
+    to add up afterwards), `interpreted_count` in the interpreter."""
+    if device.type == "cuda":
+        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    return interpreted_count
+
+
+def bwd_rows_per_program(rows: int, tile_rows: int, device: torch.device) -> int:
+    """Rows per program of the row-tiled backward kernels, a multiple of the tile (4 programs interpreted)."""
+    return triton.cdiv(triton.cdiv(rows, programs(device, 4)), tile_rows) * tile_rows
+
+
+# -- ahead-of-time compilation --
+
+PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}  # Triton pointer types
