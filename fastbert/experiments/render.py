@@ -1,0 +1,147 @@
+"""RESULTS.md from the run records (results/records) and the specs (row order, the reports' quoted figures)."""
+from __future__ import annotations
+
+import os
+import statistics
+
+from fastbert.experiments import plots, records
+from fastbert.experiments.specs import TASKS, Spec
+
+SETTING = """\
+**Where the setting differs from the reports'.** The reports fine-tuned bert-base-uncased (110M parameters);
+fastbert starts from all-MiniLM-L6-v2 (6 layers, 384 hidden, 22.7M parameters), the only pretrained encoder
+available offline. MiniLM was itself trained on Quora duplicate questions and SNLI/MultiNLI pairs (among
+others), so its Quora and NLI figures start far above bert-base's and are not comparable as such. Quora train
+is a 14,139-pair subset (10%) of the CS224N training file; Quora dev is the 16,258 labelled pairs available
+(~80% of the CS224N dev file). SNLI train and MultiNLI are not available: SNLI validation (+ SICK train)
+stands in for them, SNLI test is their dev set. Report figures are quoted from the reports (their dev sets);
+fastbert's are the dev metrics of each run's final model (the best checkpoint of its last stage, chosen by
+the dev mean of the tasks that stage trains). A run's spread is the standard deviation over seeds; a
+difference smaller than the spread is reported as a tie; with one seed there is no spread to judge by.
+Wall time is on the machine each record names; on the shared 2-core machine (several processes per core)
+it is several times an unloaded run's, while CPU seconds (the driver's user + system time, one thread) are
+close to an unloaded single-thread run's wall time."""
+
+
+def _fmt(v, nd=3) -> str:
+    return "—" if v is None else f"{v:.{nd}f}"
+
+
+def _stat(values: list) -> tuple[float, float] | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _cell(stat: tuple[float, float] | None, n: int) -> str:
+    if stat is None:
+        return "—"
+    return f"{stat[0]:.3f} ± {stat[1]:.3f}" if n > 1 else f"{stat[0]:.3f}"
+
+
+def row_stats(recs: list[dict]) -> dict:
+    """Per metric (sst, quora, sts, mean) the (mean, std) over seeds; times and steps averaged."""
+    out = {t: _stat([r["dev"].get(t) for r in recs]) for t in TASKS}
+    out["mean"] = _stat([r.get("dev_mean") for r in recs])
+    for k in ("wall_s", "cpu_s", "steps"):
+        out[k] = statistics.fmean(r[k] for r in recs)
+    return out
+
+
+def _versus(stats: dict, best: str | None, name: str, n: dict) -> str:
+    """This row's dev mean against the table's best: 'best', 'tie' (within the spread), or the difference."""
+    if best is None or not stats[name]["mean"]:
+        return "—"
+    if name == best:
+        return "best"
+    (m, s), (bm, bs) = stats[name]["mean"], stats[best]["mean"]
+    if n[name] > 1 and n[best] > 1:
+        return "tie" if abs(m - bm) < max(s, bs) else f"{m - bm:+.3f}"
+    return f"{m - bm:+.3f} (1 seed)"
+
+
+def _report_mean(report: dict) -> float | None:
+    vals = [report.get(t) for t in TASKS]
+    return None if any(v is None for v in vals) else sum(vals) / 3
+
+
+def _flags(recs: list[dict]) -> str:
+    marks = []
+    if any(r["dirty"] for r in recs):
+        marks.append("**⚠ DIRTY TREE**")
+    if any(r.get("eval_limit") for r in recs):
+        marks.append("dev subset†")
+    return (" " + " ".join(marks)) if marks else ""
+
+
+def table_section(spec: Spec, recs: dict[str, list[dict]], root: str) -> list[str]:
+    """A table's Markdown: heading, source, note, the rows, its figure, the exact commands."""
+    stats = {r.name: row_stats(recs[r.name]) if r.name in recs else {"mean": None} for r in spec.rows}
+    n = {r.name: len(recs.get(r.name, [])) for r in spec.rows}
+    ranked = [r.name for r in spec.rows if stats[r.name]["mean"]]
+    best = max(ranked, key=lambda k: stats[k]["mean"][0]) if ranked else None
+    lines = [f"## {spec.title}", "", f"`python -m fastbert.experiments run {spec.name}` · figures quoted from "
+             f"{spec.source or 'no report'}.", ""]
+    if spec.note:
+        lines += [spec.note.strip(), ""]
+    lines += ["| row | SST report | SST fastbert | Quora report | Quora fastbert | STS report | STS fastbert | "
+              "mean report | mean fastbert | vs best | seeds | steps | wall s | CPU s |",
+              "|---|" + "---|" * 13]
+    for r in spec.rows:
+        rep = [_fmt(r.report.get(t)) for t in TASKS] + [_fmt(_report_mean(r.report))]
+        if r.name not in recs:
+            ours = ["not run yet", "", "", ""]
+            rest = ["", "0", "", "", ""]
+            flag = ""
+        else:
+            st = stats[r.name]
+            ours = [_cell(st[t], n[r.name]) for t in (*TASKS, "mean")]
+            rest = [_versus(stats, best, r.name, n), str(n[r.name]), f"{st['steps']:.0f}", f"{st['wall_s']:.0f}",
+                    f"{st['cpu_s']:.0f}"]
+            flag = _flags(recs[r.name])
+        cells = [x for pair in zip(rep, ours) for x in pair]
+        lines.append(f"| {r.name}{flag} | " + " | ".join(cells + rest) + " |")
+    bar_stats = {r.name: {"mean": stats[r.name]["mean"], "report_mean": _report_mean(r.report)} for r in spec.rows}
+    if plots.table_bars(spec, bar_stats, os.path.join(root, "results", f"{spec.name}.png")):
+        lines += ["", f"![{spec.title}](results/{spec.name}.png)"]
+    lines += ["", "<details><summary>rows: what each runs, and the exact commands</summary>", ""]
+    for r in spec.rows:
+        what = f"- **{r.name}**: {r.note.strip() + ' ' if r.note else ''}"
+        if r.name in recs:
+            cmds = "; ".join(f"`{x['command']}`" for x in recs[r.name])
+            lines.append(what + f"commit {recs[r.name][0]['commit'][:10]}: {cmds}")
+        else:
+            lines.append(what + "not run yet")
+    return lines + ["", "</details>", ""]
+
+
+def render(specs: list[Spec], root: str) -> str:
+    """Writes <root>/RESULTS.md and <root>/results/*.png; returns the Markdown."""
+    found = records.load_all(root)
+    missing = [f"{s.name}/{r.name}" for s in specs for r in s.rows if r.name not in found.get(s.name, {})]
+    dirty = [f"{t}/{row}" for t, rows in found.items() for row, recs in rows.items() if any(x["dirty"] for x in recs)]
+    lines = ["# Results", "", "Generated by `python -m fastbert.experiments render` from the run records in "
+             "`results/records/` (written by `python -m fastbert.experiments run <table>`); do not edit by hand.",
+             "", SETTING, "", "† dev subset: the run evaluated a subset of a dev set (its `eval_limit`; the default recipe evaluates "
+             "Quora on 5,000 of its dev pairs).", ""]
+    if dirty:
+        lines += ["**⚠ WARNING: these records come from a working tree with uncommitted changes (the code that ran "
+                  "is not the commit named): " + ", ".join(dirty) + ".**", ""]
+    lines += ["**Not run yet** (no record): " + (", ".join(missing) if missing else "none") + ".", ""]
+    for spec in specs:
+        lines += table_section(spec, found.get(spec.name, {}), root)
+    curves = {f"{t}/{row}" + (f" seed {x['seed']}" if x["seed"] else ""): (x["curve"], x["cpu_s"] / max(x["wall_s"], 1e-9))
+              for s in specs if s.curves for t, row in [(s.name, r.name) for r in s.rows]
+              for x in found.get(t, {}).get(row, [])}
+    if plots.time_to_accuracy(curves, os.path.join(root, "results", "time_to_accuracy.png")):
+        lines += ["## Time to accuracy", "", "Dev mean at each evaluation against time (run.log timestamps; a chain's stages end "
+                  "to end): wall-clock on the machine that ran it, and that time scaled by the run's CPU seconds / "
+                  "wall seconds (about an unloaded one-thread run's wall time; it assumes the run's share of the "
+                  "CPU was even over the run). Dotted: dev mean 0.75, 10 minutes.", "",
+                  "![time to accuracy](results/time_to_accuracy.png)", ""]
+    text = "\n".join(lines)
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, "RESULTS.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    return text

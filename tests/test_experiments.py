@@ -1,0 +1,99 @@
+"""The experiments layer end to end on a tiny table: run (a subprocess of the driver per row), record,
+skip on rerun, refuse a broken run without --resume, render RESULTS.md from the records."""
+import json
+import os
+
+import pytest
+import yaml
+
+from fastbert.experiments import __main__ as cli
+from fastbert.experiments import records, runner, specs
+
+FILES = ["cs224n/ids-sst-train.csv", "cs224n/ids-sst-dev.csv", "cs224n/quora-train.csv", "cs224n/quora-dev.csv",
+         "cs224n/sts-train.csv", "cs224n/sts-dev.csv"]
+TINY_MODEL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+
+
+@pytest.fixture
+def table(data_dir, tmp_path):
+    """A two-row spec on 24-row slices of the task files and a tiny random encoder; returns its path."""
+    tiny = tmp_path / "data"
+    for name in FILES:
+        os.makedirs(tiny / os.path.dirname(name), exist_ok=True)
+        with open(os.path.join(data_dir, name), encoding="utf-8") as f:
+            (tiny / name).write_text("".join(next(f) for _ in range(25)), encoding="utf-8")
+    spec = {"title": "Tiny", "source": "nowhere, Table 0",
+            "common": {"model": TINY_MODEL, "data_dir": str(tiny), "max_steps": 2, "batch_size": 4,
+                       "eval_batch_size": 16, "max_length": 32, "warmup": 0, "log_every": 1, "train_limit": 16,
+                       "eval_limit": 12},
+            "rows": [{"name": "additive", "stage": "multitask", "overrides": {"tasks": ["sst", "quora", "sts"]},
+                      "report": {"sst": 0.5, "quora": 0.8, "sts": 0.7}},
+                     {"name": "sts-only", "stage": "single", "overrides": {"task": "sts"}}]}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    return str(path)
+
+
+def test_run_record_skip_render(table, tmp_path, capsys):
+    root = str(tmp_path / "out")
+    assert cli.main(["run", table, "--root", root]) == 0
+    path = records.record_path(root, "tiny", "additive", 0)
+    rec = json.load(open(path, encoding="utf-8"))
+    assert set(rec["dev"]) == {"sst", "quora", "sts"} and rec["steps"] == 2
+    assert rec["dev_mean"] == pytest.approx(sum(rec["dev"].values()) / 3)
+    assert rec["command"].startswith("python -m fastbert.train multitask ") and "--max_steps 2" in rec["command"]
+    assert rec["wall_s"] > 0 and rec["cpu_s"] > 0 and len(rec["commit"]) == 40 and isinstance(rec["dirty"], bool)
+    assert rec["curve"] and rec["curve"][-1][1] == 2  # dev at the last step
+    assert set(json.load(open(records.record_path(root, "tiny", "sts-only", 0), encoding="utf-8"))["dev"]) == {"sts"}
+
+    assert rec["eval_limit"] == 12 and rec["train_limit"] == 16
+
+    # a finished run whose record was lost is recorded again from its run directory, not rerun
+    os.remove(path)
+    assert cli.main(["run", table, "--root", root, "--rows", "additive"]) == 0
+    assert json.load(open(path, encoding="utf-8"))["attempts"] == 1
+    before = os.path.getmtime(path)
+    capsys.readouterr()
+    assert cli.main(["run", table, "--root", root]) == 0
+    assert "skipping" in capsys.readouterr().out and os.path.getmtime(path) == before
+
+    # a run directory without a record is a broken run: refused unless --resume
+    records.add_attempt(os.path.join(root, runner.run_dir("tiny", "additive", 1)), {"wall_s": 1, "cpu_s": 1})
+    with pytest.raises(runner.RunError, match="--resume"):
+        cli.main(["run", table, "--root", root, "--seeds", "2", "--rows", "additive"])
+
+    assert cli.main(["render", "--root", root, "--spec", table]) == 0
+    text = open(os.path.join(root, "RESULTS.md"), encoding="utf-8").read()
+    line = next(x for x in text.splitlines() if x.startswith("| additive"))
+    assert f"{rec['dev']['sst']:.3f}" in line and f"{rec['dev_mean']:.3f}" in line and "| 0.667 |" in line
+    assert "Not run yet** (no record): none" in text and "--max_steps 2" in text
+    assert os.path.exists(os.path.join(root, "results", "tiny.png"))
+
+
+def test_spec_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"rows": [{"name": "a", "stage": "single", "report": {"snli": 0.5}}]}))
+    with pytest.raises(specs.SpecError, match="report takes numbers"):
+        specs.load(str(bad))
+    with pytest.raises(specs.SpecError, match="no table"):
+        specs.load("no-such-table")
+
+
+def test_packaged_specs_resolve():
+    """Every packaged row's settings are ones the driver knows (resolved, not run)."""
+    from fastbert.train import config
+
+    for name in specs.names():
+        spec = specs.load(name)
+        for row in spec.rows:
+            argv = runner.argv_for(spec, row, 0, "/nonexistent", 1, False)
+            rest = argv[4:]  # python -m fastbert.train <stage> [--config C] --key value ...
+            overrides = config.parse_overrides(rest[2:] if rest[:1] == ["--config"] else rest)
+            recipe = row.recipe if row.recipe is not None else (config.load_recipe(row.config) if row.config else None)
+            if row.stage == "chain":
+                for link in recipe["chain"]:
+                    merged = config.merge(config.merge(recipe, overrides), link)
+                    merged.pop("chain")
+                    config.resolve(link["stage"], {k: v for k, v in merged.items() if k != "stage"})
+            else:
+                config.resolve(row.stage, recipe, overrides)
