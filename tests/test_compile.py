@@ -1,5 +1,5 @@
 """torch.compile traces the fused ops as custom ops (their fake and autograd registrations), and the compiled
-code computes what eager code does. Eager calls skip the custom-op dispatch (fastbert.ops._autograd), so
+code computes what eager code does. Eager calls skip the custom-op dispatch (fastbert.ops._fused), so
 these tests are where the custom-op path runs on CPU."""
 import pytest
 import torch
