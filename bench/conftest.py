@@ -18,7 +18,6 @@ import pytest
 import torch
 
 from bench import workload
-from bench.machine import cuda_step  # noqa: F401 - bench/test_layer_norm.py and test_bias_gelu.py import it from here
 from bench.machine import device_name
 from bench.machine import machine_info as bench_machine_info
 from bench.workload import DATA_DIR, ROOT, load_tasks

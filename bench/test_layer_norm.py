@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from bench import gpu_targets
-from bench.conftest import cuda_step
+from bench.machine import cuda_step
 from fastbert import backend, ops, use_backend
 
 CUDA = torch.cuda.is_available()
