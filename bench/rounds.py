@@ -10,7 +10,7 @@ import time
 import torch
 
 from bench.machine import sync
-from bench.workload import Runner, TaskBatch, real_batches, train_flops
+from bench.workload import Runner, LayoutBatch, real_batches, train_flops
 from fastbert import BertConfig
 
 # the interleaved training-step comparison (test_train_speedup): fastbert (bf16 weights) against each other
@@ -19,7 +19,7 @@ SPEEDUP_VARIANTS = ("fastbert", "fastbert-bf16-autocast", "hf-fp32", "hf-bf16", 
 
 
 def batch_rounds(tasks, tokenizer, n: int, batches: int, batch: int, seed: int, device: torch.device,
-                 repeat: bool = False) -> list[list[TaskBatch]]:
+                 repeat: bool = False) -> list[list[LayoutBatch]]:
     """n + 1 rounds of `batches` real batches each: new ones every round, as training sees them (new token
     counts; on CPU a bf16 matmul pays for every new shape), or the same ones with `repeat`. Every variant gets
     the same rounds; round 0 is for warming up."""
@@ -27,7 +27,7 @@ def batch_rounds(tasks, tokenizer, n: int, batches: int, batch: int, seed: int, 
     return [[b.to(device) for b in real_batches(tasks, tokenizer, batches, batch, seed=s)] for s in seeds]
 
 
-def interleaved_train_rounds(runners: dict[str, Runner], rounds: list[list[TaskBatch]],
+def interleaved_train_rounds(runners: dict[str, Runner], rounds: list[list[LayoutBatch]],
                              device: torch.device) -> dict[str, list[float]]:
     """Seconds per timed round per variant. rounds[0] warms every variant up (optimizer state, allocator,
     matmul kernels), untimed; then round i runs through every variant in turn, the order rotated each round
@@ -49,7 +49,7 @@ def interleaved_train_rounds(runners: dict[str, Runner], rounds: list[list[TaskB
     return times
 
 
-def speedup_record(shape: str, config: BertConfig, rounds: list[list[TaskBatch]], times: dict[str, list[float]],
+def speedup_record(shape: str, config: BertConfig, rounds: list[list[LayoutBatch]], times: dict[str, list[float]],
                    bf16_tflops: float) -> dict:
     """One interleaved comparison as a record (test_train_speedup's extra_info; what bench/targets.py judges):
     per-round seconds per variant and model FLOPs over the timed `rounds`, their medians, fastbert's speed-up over

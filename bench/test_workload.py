@@ -1,7 +1,7 @@
 """The benchmark workload's own pieces (runs in quick mode, no timing): the hf-bf16-pad8 baseline's layout."""
 import torch
 
-from bench.workload import PAD_MULTIPLE, TaskBatch, real_batches
+from bench.workload import PAD_MULTIPLE, LayoutBatch, real_batches
 
 
 def test_padded8_layout_pads_to_a_multiple_of_8_with_masked_pad_tokens(tasks, tokenizer):
@@ -18,4 +18,4 @@ def test_padded8_layout_pads_to_a_multiple_of_8_with_masked_pad_tokens(tasks, to
 
 def test_task_batch_moves_every_layout(tasks, tokenizer):
     b = real_batches(tasks, tokenizer, n=1, batch_size=2)[0].to("cpu")
-    assert isinstance(b, TaskBatch) and b.padded8.input_ids.shape[1] % PAD_MULTIPLE == 0
+    assert isinstance(b, LayoutBatch) and b.padded8.input_ids.shape[1] % PAD_MULTIPLE == 0

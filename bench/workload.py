@@ -64,7 +64,7 @@ def pad_to_multiple(batch: Batch, multiple: int, pad_id: int) -> Batch:
 
 
 @dataclasses.dataclass
-class TaskBatch:
+class LayoutBatch:
     """One real batch in three layouts: packed (what fastbert takes), padded to its longest sequence and padded to
     a multiple of PAD_MULTIPLE (what Hugging Face takes); the layouts are built before any timing."""
     task: str
@@ -74,7 +74,7 @@ class TaskBatch:
     labels: torch.Tensor
 
     @classmethod
-    def collate(cls, task: str, tokenizer, encoded, labels: torch.Tensor) -> "TaskBatch":
+    def collate(cls, task: str, tokenizer, encoded, labels: torch.Tensor) -> "LayoutBatch":
         padded = tokenizer.collate(encoded)
         return cls(task, tokenizer.collate(encoded, packed=True), padded,
                    pad_to_multiple(padded, PAD_MULTIPLE, tokenizer.pad_id), labels)
@@ -91,12 +91,12 @@ class TaskBatch:
         """Tokens a model runs in this layout, padding included."""
         return self.tokens if layout == "packed" else self.layout(layout).input_ids.numel()
 
-    def to(self, device) -> "TaskBatch":
-        return TaskBatch(self.task, self.packed.to(device), self.padded.to(device), self.padded8.to(device),
+    def to(self, device) -> "LayoutBatch":
+        return LayoutBatch(self.task, self.packed.to(device), self.padded.to(device), self.padded8.to(device),
                          self.labels.to(device))
 
 
-def real_batches(tasks, tokenizer, n: int, batch_size: int, seed: int = 0) -> list[TaskBatch]:
+def real_batches(tasks, tokenizer, n: int, batch_size: int, seed: int = 0) -> list[LayoutBatch]:
     """n batches, tasks in turn (SST, Quora, STS, SST, ...), examples sampled without replacement,
     untruncated (up to 512 tokens): the data's own lengths."""
     rng = random.Random(seed)
@@ -108,11 +108,11 @@ def real_batches(tasks, tokenizer, n: int, batch_size: int, seed: int = 0) -> li
         texts, pairs = [r[0] for r in rows], [r[1] for r in rows]
         enc = tokenizer.encode(texts, None if pairs[0] is None else pairs)
         labels = torch.tensor([r[2] for r in rows], dtype=torch.long if task == "sst" else torch.float32)
-        out.append(TaskBatch.collate(task, tokenizer, enc, labels))
+        out.append(LayoutBatch.collate(task, tokenizer, enc, labels))
     return out
 
 
-def long_batch(data_dir, tokenizer, batch_size: int, seqlen: int) -> TaskBatch:
+def long_batch(data_dir, tokenizer, batch_size: int, seqlen: int) -> LayoutBatch:
     """batch_size sequences of exactly seqlen tokens cut from the running text of CFIMDB movie reviews."""
     rows = [(e.texts[0], e.label) for e in read_table(os.path.join(data_dir, "cs224n", "ids-cfimdb-train.csv"),
                                                        text=["sentence"], label="sentiment", num_labels=2)]
@@ -124,7 +124,7 @@ def long_batch(data_dir, tokenizer, batch_size: int, seqlen: int) -> TaskBatch:
     seqs = [[tokenizer.cls_id, *stream[i * body:(i + 1) * body], tokenizer.sep_id] for i in range(batch_size)]
     enc = [(s, [0] * len(s)) for s in seqs]
     labels = torch.tensor([int(r[1]) for r in rows[:batch_size]], dtype=torch.long)
-    return TaskBatch.collate("sst", tokenizer, enc, labels)
+    return LayoutBatch.collate("sst", tokenizer, enc, labels)
 
 
 # -- the models and the training workload --------------------------------------------------------------
@@ -194,7 +194,7 @@ class TaskHeads(nn.Module):
 class Variant(NamedTuple):
     """What a benchmark variant runs. precision: the training driver's precision mode of that name (bf16,
     bf16-autocast or fp32; what each runs: fastbert/train/config.py), the same for every implementation;
-    layout: the TaskBatch layout it trains on (fastbert: packed; Hugging Face: padded, or padded8)."""
+    layout: the LayoutBatch layout it trains on (fastbert: packed; Hugging Face: padded, or padded8)."""
     impl: str  # fastbert | reference | hf | hf-compile
     precision: str
     layout: str
@@ -215,7 +215,7 @@ VARIANTS = {
 
 
 class Runner:
-    """One model variant with its task heads and optimizer: train steps and inference on TaskBatches."""
+    """One model variant with its task heads and optimizer: train steps and inference on LayoutBatches."""
 
     def __init__(self, variant: str, shape: str, device: torch.device, weights=None):
         impl, self.precision, self.layout = VARIANTS[variant]
@@ -246,10 +246,10 @@ class Runner:
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None)
 
-    def pooled(self, b: TaskBatch) -> torch.Tensor:
+    def pooled(self, b: LayoutBatch) -> torch.Tensor:
         return self.forward(**b.layout(self.layout).model_inputs()).pooler_output
 
-    def train_step(self, b: TaskBatch) -> torch.Tensor:
+    def train_step(self, b: LayoutBatch) -> torch.Tensor:
         self.model.train()
         with self.autocast():
             loss = self.heads.loss(b.task, self.pooled(b), b.labels)
@@ -259,7 +259,7 @@ class Runner:
         return loss.detach()
 
     @torch.inference_mode()
-    def infer(self, b: TaskBatch) -> torch.Tensor:
+    def infer(self, b: LayoutBatch) -> torch.Tensor:
         self.model.eval()
         with self.autocast():
             return self.pooled(b)
