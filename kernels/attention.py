@@ -16,11 +16,14 @@ mode, fast training runs in fp16/bf16.
 """
 from __future__ import annotations
 
+import functools
+import itertools
+
 import torch
 import triton
 import triton.language as tl
 
-from fastbert.kernels.utils import PTR, dropout_args
+from fastbert.kernels.utils import PTR, Tuned, dropout_args
 
 HEAD_DIMS = (32, 64, 128)
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)  # log2(e): exp(x) = exp2(x * LOG2E)
@@ -251,6 +254,38 @@ def _configs(head_dim: int, dtype: torch.dtype, dropout: bool) -> dict:
     return {"fwd": (*fwd, warps, 2), "dkdv": (*dkdv, warps, 2), "dq": (*dq, warps, 2), "pre": (64, 0, 4, 1)}
 
 
+@functools.cache
+def _candidates(head_dim: int, dtype: torch.dtype, dropout: bool) -> dict[str, list[triton.Config]]:
+    """{kernel: autotune candidates}: _configs' first (the interpreter's choice), then the same blocks with 3
+    pipeline stages, and half the block each program owns (its rows, or its keys in dkdv) with half the warps
+    (at least 4): more programs, no more registers per thread."""
+    out = {}
+    for kind, (bm, bn, warps, stages) in _configs(head_dim, dtype, dropout).items():
+        if kind == "pre":
+            out[kind] = [triton.Config(dict(BLOCK_M=block), num_warps=4, num_stages=1) for block in (bm, bm // 2)]
+            continue
+        half = (bm, bn // 2) if kind == "dkdv" else (bm // 2, bn)
+        out[kind] = [triton.Config(dict(BLOCK_M=m, BLOCK_N=n), num_warps=w, num_stages=st)
+                     for m, n, w, st in ((bm, bn, warps, stages), (bm, bn, warps, 3), (*half, max(4, warps // 2), 2))]
+    return out
+
+
+def _all_candidates(kind: str) -> list[triton.Config]:
+    return [c for key in itertools.product(HEAD_DIMS, PTR, (False, True)) for c in _candidates(*key)[kind]]
+
+
+def _prune(kind: str, configs: list[triton.Config], nargs: dict, **kwargs) -> list[triton.Config]:
+    """The candidates of the call's head dim, dtype and dropout (autotune's early_config_prune)."""
+    return _candidates(kwargs["HEAD_DIM"], nargs["Out" if kind == "pre" else "Q"].dtype, kwargs.get("DROPOUT", False))[kind]
+
+
+# On a GPU tuned once per head dim, dropout and dtypes: not per sequence length, which varies batch by batch.
+_fwd = Tuned(_attn_fwd, _all_candidates("fwd"), ["HEAD_DIM", "DROPOUT"], functools.partial(_prune, "fwd"))
+_pre = Tuned(_attn_bwd_preprocess, _all_candidates("pre"), ["HEAD_DIM"], functools.partial(_prune, "pre"))
+_dkdv = Tuned(_attn_bwd_dkdv, _all_candidates("dkdv"), ["HEAD_DIM", "DROPOUT"], functools.partial(_prune, "dkdv"))
+_dq = Tuned(_attn_bwd_dq, _all_candidates("dq"), ["HEAD_DIM", "DROPOUT"], functools.partial(_prune, "dq"))
+
+
 def supports(q: torch.Tensor) -> bool:
     return q.shape[-1] in HEAD_DIMS
 
@@ -282,13 +317,12 @@ def _forward(q, k, v, seq_info, num_seqs, max_seqlen, scale, dropout_p, seed, va
         return out, lse
     if num_seqs > 65535:
         raise ValueError(f"attention: {num_seqs} sequences in one call; the kernels' grid takes at most 65535")
-    BLOCK_M, BLOCK_N, num_warps, num_stages = _configs(D, q.dtype, dropout_p > 0)["fwd"]
-    _attn_fwd[(triton.cdiv(max_seqlen, BLOCK_M), H, num_seqs)](
+    _fwd(lambda meta: (triton.cdiv(max_seqlen, meta["BLOCK_M"]), H, num_seqs),
+         _candidates(D, q.dtype, dropout_p > 0)["fwd"][0],
         q, k, v, out, lse, seq_info.contiguous(), seed,
         *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(out, varlen),
         *_lse_strides(lse, varlen), max_seqlen, int(varlen), H, scale * LOG2E.value, *dropout_args(dropout_p),
-        DROPOUT=dropout_p > 0, HEAD_DIM=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=num_warps,
-        num_stages=num_stages)
+        DROPOUT=dropout_p > 0, HEAD_DIM=D)
     return out, lse
 
 
@@ -297,24 +331,18 @@ def _backward(grad_out, q, k, v, out, lse, seq_info, num_seqs, max_seqlen, scale
     dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
     if q.numel() == 0:
         return dq, dk, dv
-    cfg = _configs(D, q.dtype, dropout_p > 0)
+    fixed = {kind: configs[0] for kind, configs in _candidates(D, q.dtype, dropout_p > 0).items()}
     seq_info, delta = seq_info.contiguous(), torch.empty_like(lse)
-    BLOCK, _, num_warps, num_stages = cfg["pre"]
-    _attn_bwd_preprocess[(triton.cdiv(max_seqlen, BLOCK), H, num_seqs)](
-        out, grad_out, delta, seq_info, *_strides(out, varlen), *_strides(grad_out, varlen),
-        *_lse_strides(lse, varlen), max_seqlen, int(varlen),
-        HEAD_DIM=D, BLOCK_M=BLOCK, num_warps=num_warps, num_stages=num_stages)
+    _pre(lambda meta: (triton.cdiv(max_seqlen, meta["BLOCK_M"]), H, num_seqs), fixed["pre"],
+         out, grad_out, delta, seq_info, *_strides(out, varlen), *_strides(grad_out, varlen),
+         *_lse_strides(lse, varlen), max_seqlen, int(varlen), HEAD_DIM=D)
     args = (*_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(grad_out, varlen),
             *_strides(dq, varlen), *_lse_strides(lse, varlen), max_seqlen, int(varlen), H, scale * LOG2E.value, scale,
             *dropout_args(dropout_p))
-    BLOCK_M, BLOCK_N, num_warps, num_stages = cfg["dkdv"]
-    _attn_bwd_dkdv[(triton.cdiv(max_seqlen, BLOCK_N), H, num_seqs)](
-        q, k, v, grad_out, lse, delta, dk, dv, seq_info, seed, *args, DROPOUT=dropout_p > 0, HEAD_DIM=D,
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=num_warps, num_stages=num_stages)
-    BLOCK_M, BLOCK_N, num_warps, num_stages = cfg["dq"]
-    _attn_bwd_dq[(triton.cdiv(max_seqlen, BLOCK_M), H, num_seqs)](
-        q, k, v, grad_out, lse, delta, dq, seq_info, seed, *args, DROPOUT=dropout_p > 0, HEAD_DIM=D,
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=num_warps, num_stages=num_stages)
+    _dkdv(lambda meta: (triton.cdiv(max_seqlen, meta["BLOCK_N"]), H, num_seqs), fixed["dkdv"],
+          q, k, v, grad_out, lse, delta, dk, dv, seq_info, seed, *args, DROPOUT=dropout_p > 0, HEAD_DIM=D)
+    _dq(lambda meta: (triton.cdiv(max_seqlen, meta["BLOCK_M"]), H, num_seqs), fixed["dq"],
+        q, k, v, grad_out, lse, delta, dq, seq_info, seed, *args, DROPOUT=dropout_p > 0, HEAD_DIM=D)
     return dq, dk, dv
 
 
@@ -351,25 +379,25 @@ def attention_varlen_backward(grad_out, q, k, v, out, lse, cu_seqlens, max_seqle
 # -- every configuration the launchers can pick, for ahead-of-time compilation ----------------------
 
 def aot_specs() -> list[dict]:
-    """Every (kernel, dtype, head dim, dropout) configuration with the launchers' block sizes (packed and
-    padded inputs share each compile: `varlen` is a runtime argument). "attrs" (optional) marks what a
-    launch sees 16-divisible, pointers and q/k/v/out strides; the kernels carry those hints themselves."""
+    """Every (kernel, dtype, head dim, dropout) configuration with each of the launchers' candidate configs
+    (packed and padded inputs share each compile: `varlen` is a runtime argument). "attrs" (optional) marks
+    what a launch sees 16-divisible, pointers and q/k/v/out strides; the kernels carry those hints themselves."""
     specs = []
     for dtype, ptr in PTR.items():
         ty = ptr[1:]
         for head_dim in HEAD_DIMS:
-            BLOCK, _, warps, stages = _configs(head_dim, dtype, False)["pre"]
-            specs.append(_spec(_attn_bwd_preprocess, ty, "i32", dict(HEAD_DIM=head_dim, BLOCK_M=BLOCK), warps, stages))
+            for c in _candidates(head_dim, dtype, False)["pre"]:
+                specs.append(_spec(_attn_bwd_preprocess, ty, "i32", dict(HEAD_DIM=head_dim, **c.kwargs), c))
             for dropout in (False, True):
-                cfg = _configs(head_dim, dtype, dropout)
+                candidates = _candidates(head_dim, dtype, dropout)
                 for fn, kind in ((_attn_fwd, "fwd"), (_attn_bwd_dkdv, "dkdv"), (_attn_bwd_dq, "dq")):
-                    BLOCK_M, BLOCK_N, warps, stages = cfg[kind]
-                    constexprs = dict(DROPOUT=dropout, HEAD_DIM=head_dim, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
-                    specs.append(_spec(fn, ty, "i64" if dropout else "i32", constexprs, warps, stages))
+                    for c in candidates[kind]:
+                        constexprs = dict(DROPOUT=dropout, HEAD_DIM=head_dim, **c.kwargs)
+                        specs.append(_spec(fn, ty, "i64" if dropout else "i32", constexprs, c))
     return specs
 
 
-def _spec(fn, ty: str, seed_ty: str, constexprs: dict, num_warps: int, num_stages: int) -> dict:
+def _spec(fn, ty: str, seed_ty: str, constexprs: dict, config: triton.Config) -> dict:
     signature, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in constexprs:
@@ -383,6 +411,7 @@ def _spec(fn, ty: str, seed_ty: str, constexprs: dict, num_warps: int, num_stage
             signature[name] = "fp32" if "scale" in name else "i32"
             if name.startswith("stride_") and not name.startswith("stride_l"):
                 attrs[(i,)] = [["tt.divisibility", 16]]
-    name = "_".join([fn.__name__, ty, *(f"{k}{int(v) if isinstance(v, bool) else v}" for k, v in constexprs.items())])
+    name = "_".join([fn.__name__, ty, *(f"{k}{int(v) if isinstance(v, bool) else v}" for k, v in constexprs.items()),
+                     f"w{config.num_warps}s{config.num_stages}"])
     return {"name": name, "fn": fn, "signature": signature, "constexprs": constexprs, "attrs": attrs,
-            "num_warps": num_warps, "num_stages": num_stages}
+            "num_warps": config.num_warps, "num_stages": config.num_stages}

@@ -10,11 +10,23 @@ import torch
 import triton
 import triton.language as tl
 
-from fastbert.kernels.utils import PTR, interpreted, programs
+from fastbert.kernels.utils import PTR, Tuned, interpreted, launch_options, programs
 
 BLOCK_N = 256
 BLOCK_M = 16 if interpreted() else 8  # the interpreter pays per operation, not per element
-LAUNCH = dict(num_warps=8, num_stages=1, maxnreg=255)  # 8 elements per thread; maxnreg: else ptxas may spill
+
+
+def _candidate(block_m, block_n, num_warps):
+    """A config; maxnreg states the register file's share per thread, else ptxas may spill for occupancy."""
+    return triton.Config(dict(BLOCK_M=block_m, BLOCK_N=block_n), num_warps=num_warps, num_stages=1,
+                         maxnreg=min(255, 65536 // (32 * num_warps)))
+
+
+FIXED = _candidate(BLOCK_M, BLOCK_N, 8)  # the interpreter's config, the first candidate on a GPU (8 per thread)
+# Autotune candidates on a GPU: forward tiles of 4 to 16 elements per thread; the backward keeps the tile
+# (the launcher sizes its grid and partial sums from it) and tries 4 to 16 elements per thread.
+FWD_CONFIGS = [FIXED] + [_candidate(*c) for c in ((16, 256, 8), (4, 256, 4), (8, 512, 8), (16, 256, 16))]
+BWD_CONFIGS = [FIXED] + [_candidate(BLOCK_M, BLOCK_N, w) for w in (4, 16)]
 
 
 @triton.jit
@@ -77,6 +89,10 @@ def _bias_gelu_bwd(DY, X, B, DX, DB, M, N, HAS_BIAS: tl.constexpr, TANH: tl.cons
         tl.store(DB + pid_m * N + cols, tl.sum(db, axis=0), mask=cols < N)
 
 
+_fwd = Tuned(_bias_gelu_fwd, FWD_CONFIGS, key=["N", "HAS_BIAS", "TANH"])
+_bwd = Tuned(_bias_gelu_bwd, BWD_CONFIGS, key=["N", "HAS_BIAS", "TANH"])
+
+
 def _bias(x, bias):
     """The bias in x's dtype or fp32 (other dtypes are cast up: N elements, exact); None when empty."""
     if not bias.numel():
@@ -89,9 +105,8 @@ def bias_gelu_forward(x, bias, approximate):
     b = _bias(x, bias)
     out = torch.empty_like(x)
     if x.numel():
-        grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N))
-        _bias_gelu_fwd[grid](x, x if b is None else b, out, M, N, HAS_BIAS=b is not None, TANH=approximate == "tanh",
-                             BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, **LAUNCH)
+        _fwd(lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"])), FIXED,
+             x, x if b is None else b, out, M, N, HAS_BIAS=b is not None, TANH=approximate == "tanh")
     return out
 
 
@@ -109,9 +124,9 @@ def bias_gelu_backward(grad_out, x, bias, approximate):
     programs_m = _bwd_row_programs(M, col_blocks, x.device) if b is not None else triton.cdiv(M, BLOCK_M)
     parts = torch.empty(programs_m if b is not None else 0, N, dtype=torch.float32, device=x.device)
     if x.numel():
-        _bias_gelu_bwd[(programs_m, col_blocks)](
-            grad_out.to(x.dtype), x, x if b is None else b, grad_x, parts, M, N, HAS_BIAS=b is not None,
-            TANH=approximate == "tanh", BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, **LAUNCH)
+        _bwd(lambda meta: (programs_m, col_blocks), FIXED,
+             grad_out.to(x.dtype), x, x if b is None else b, grad_x, parts, M, N, HAS_BIAS=b is not None,
+             TANH=approximate == "tanh")
     grad_bias = parts.sum(0) if b is not None else x.new_empty(0, dtype=torch.float32)
     return grad_x, grad_bias
 
@@ -123,11 +138,14 @@ def aot_specs():
     for xdt, tanh in itertools.product(PTR, (False, True)):
         x = PTR[xdt]
         for b in dict.fromkeys([None, x, "*fp32"]):  # no bias, or one in x's dtype or fp32
-            constexprs = dict(HAS_BIAS=b is not None, TANH=tanh, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
             tag = f"x={x[1:]} bias={(b or '-').lstrip('*')} approximate={'tanh' if tanh else 'none'}"
-            for fn, sig in ((_bias_gelu_fwd, dict(X=x, B=b or x, OUT=x, M="i32", N="i32")),
-                            (_bias_gelu_bwd, dict(DY=x, X=x, B=b or x, DX=x, DB="*fp32", M="i32", N="i32"))):
-                specs.append(dict(name=f"{fn.__name__} {tag}", fn=fn,
-                                  signature={**sig, **dict.fromkeys(constexprs, "constexpr")},
-                                  constexprs=constexprs, **LAUNCH))
+            for fn, sig, configs in ((_bias_gelu_fwd, dict(X=x, B=b or x, OUT=x, M="i32", N="i32"), FWD_CONFIGS),
+                                     (_bias_gelu_bwd, dict(DY=x, X=x, B=b or x, DX=x, DB="*fp32", M="i32", N="i32"),
+                                      BWD_CONFIGS)):
+                for c in configs:
+                    constexprs = dict(HAS_BIAS=b is not None, TANH=tanh, **c.kwargs)
+                    specs.append(dict(name=f"{fn.__name__} {tag} BLOCK={c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']} "
+                                           f"warps={c.num_warps}", fn=fn,
+                                      signature={**sig, **dict.fromkeys(constexprs, "constexpr")},
+                                      constexprs=constexprs, **launch_options(c)))
     return specs

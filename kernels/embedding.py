@@ -13,8 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastbert.kernels.utils import PTR, TILE, bwd_rows_per_program, check_row_size, dropout_args, keep_rows, \
-    param_dtype, row_config, row_variants
+from fastbert.kernels.utils import PTR, TILE, Tuned, bwd_rows_per_program, check_row_size, dropout_args, \
+    fixed_row_config, keep_rows, launch_options, param_dtype, row_candidates, row_configs, row_prune, row_variants
 
 
 @triton.jit
@@ -87,9 +87,13 @@ def _embedding_ln_bwd(DY, IDS, TYPES, POS, WORD, TYPE_T, POS_T, W, MEAN, RSTD, D
 # -- configuration: the launchers and aot_specs() both pick from here, so the AOT test covers every variant --
 
 def _config(n, dropout, backward=False):
-    """(constexprs, launch options) for rows of n elements: the row tiling of kernels/utils.py, TILE elements
-    per tile."""
-    return row_config(n, dropout, backward, TILE)
+    """(per-call constexprs, fixed config) for rows of n elements: the row tiling of kernels/utils.py, TILE
+    elements per tile; the interpreter's choice, and on a GPU the first of the autotune candidates."""
+    return fixed_row_config(n, dropout, backward, TILE)
+
+
+_fwd = Tuned(_embedding_ln_fwd, row_configs(backward=False), key=["N", "HAS_DROPOUT", "ALIGNED"], prune=row_prune)
+_bwd = Tuned(_embedding_ln_bwd, row_configs(backward=True), key=["N", "HAS_DROPOUT", "ALIGNED"], prune=row_prune)
 
 
 # -- launchers: the kernel contract of fastbert.ops.embedding --
@@ -103,11 +107,10 @@ def embedding_layer_norm_forward(input_ids, token_type_ids, position_ids, word, 
     mean = torch.empty(M, dtype=torch.float32, device=word.device)
     rstd = torch.empty_like(mean)
     if M:
-        constexprs, launch = _config(N, dropout_p > 0)
-        _embedding_ln_fwd[(triton.cdiv(M, constexprs["ROWS"]),)](
+        flags, fixed = _config(N, dropout_p > 0)
+        _fwd(lambda meta: (triton.cdiv(M, meta["ROWS"]),), fixed,
             input_ids, token_type_ids, position_ids, word, token_type, position, weight.to(wdt), bias.to(wdt), out,
-            mean, rstd, M, N, eps, *dropout_args(dropout_p), seed, HAS_DROPOUT=dropout_p > 0, **constexprs,
-            **launch)
+            mean, rstd, M, N, eps, *dropout_args(dropout_p), seed, HAS_DROPOUT=dropout_p > 0, **flags)
     return out, mean, rstd
 
 
@@ -115,16 +118,16 @@ def embedding_layer_norm_backward(grad_out, input_ids, token_type_ids, position_
                                   weight, mean, rstd, dropout_p, seed, padding_idx):
     M, N = input_ids.shape[0], word.shape[1]
     check_row_size("embedding_layer_norm", N)
-    constexprs, launch = _config(N, dropout_p > 0, backward=True)
-    per_program = bwd_rows_per_program(M, constexprs["ROWS"], word.device)
+    flags, fixed = _config(N, dropout_p > 0, backward=True)
+    per_program = bwd_rows_per_program(M, fixed.kwargs["ROWS"], word.device)  # every candidate's ROWS
     programs = triton.cdiv(M, per_program) if M else 0
     grad_h = torch.empty(M, N, dtype=torch.float32, device=word.device)
     parts = torch.empty(2, programs, N, dtype=torch.float32, device=word.device)
     if M:
-        _embedding_ln_bwd[(programs,)](
+        _bwd(lambda meta: (programs,), fixed,
             grad_out, input_ids, token_type_ids, position_ids, word, token_type, position,
             weight.to(param_dtype(word.dtype, weight)), mean, rstd, grad_h, parts[0], parts[1], M, N, per_program,
-            *dropout_args(dropout_p), seed, HAS_DROPOUT=dropout_p > 0, **constexprs, **launch)
+            *dropout_args(dropout_p), seed, HAS_DROPOUT=dropout_p > 0, **flags)
 
     def scatter(table, ids):  # fp32 sums, then the table's dtype
         return torch.zeros(table.shape, dtype=torch.float32, device=table.device).index_add_(0, ids, grad_h)
@@ -142,18 +145,19 @@ def aot_specs():
     specs = []
     for tdt, (size, dropout, drop_tag) in itertools.product(PTR, row_variants()):
         t = PTR[tdt]
-        constexprs, launch = _config(size, dropout)
-        bwd_launch = _config(size, dropout, backward=True)[1]
-        flags = dict(HAS_DROPOUT=dropout, **constexprs)
+        flags = dict(HAS_DROPOUT=dropout, **_config(size, dropout)[0])
         tag = f"t={t[1:]} {drop_tag}"
         for w in dict.fromkeys([t, "*fp32"]):  # norm weights in the tables' dtype or fp32
             ids = dict(IDS="*i64", TYPES="*i64", POS="*i64", WORD=t, TYPE_T=t, POS_T=t, W=w)
-            sig = dict(**ids, B=w, OUT=t, MEAN="*fp32", RSTD="*fp32", M="i32", N="i32", eps="fp32",
+            fwd = dict(**ids, B=w, OUT=t, MEAN="*fp32", RSTD="*fp32", M="i32", N="i32", eps="fp32",
                        threshold="i32", scale="fp32", seed="i64")
-            specs.append(dict(name=f"_embedding_ln_fwd {tag} w={w[1:]}", fn=_embedding_ln_fwd,
-                              signature={**sig, **dict.fromkeys(flags, "constexpr")}, constexprs=flags, **launch))
-            sig = dict(DY=t, **ids, MEAN="*fp32", RSTD="*fp32", DH="*fp32", DW="*fp32", DB="*fp32", M="i32",
+            bwd = dict(DY=t, **ids, MEAN="*fp32", RSTD="*fp32", DH="*fp32", DW="*fp32", DB="*fp32", M="i32",
                        N="i32", rows_per_program="i32", threshold="i32", scale="fp32", seed="i64")
-            specs.append(dict(name=f"_embedding_ln_bwd {tag} w={w[1:]}", fn=_embedding_ln_bwd,
-                              signature={**sig, **dict.fromkeys(flags, "constexpr")}, constexprs=flags, **bwd_launch))
+            for fn, sig, backward in ((_embedding_ln_fwd, fwd, False), (_embedding_ln_bwd, bwd, True)):
+                for c in row_candidates(size, backward):
+                    constexprs = {**flags, **c.kwargs}
+                    specs.append(dict(name=f"{fn.__name__} {tag} w={w[1:]} ROWS={c.kwargs['ROWS']} "
+                                           f"warps={c.num_warps}", fn=fn,
+                                      signature={**sig, **dict.fromkeys(constexprs, "constexpr")},
+                                      constexprs=constexprs, **launch_options(c)))
     return specs

@@ -14,8 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastbert.kernels.utils import PTR, TILE, bwd_rows_per_program, check_row_size, dropout_args, keep_rows, \
-    param_dtype, row_config, row_variants
+from fastbert.kernels.utils import PTR, TILE, Tuned, bwd_rows_per_program, check_row_size, dropout_args, \
+    fixed_row_config, keep_rows, launch_options, param_dtype, row_candidates, row_configs, row_prune, row_variants
 
 
 @triton.jit
@@ -88,9 +88,14 @@ def _layer_norm_bwd(DY, H, W, MEAN, RSTD, DH, DX, DW, DB, DIB, M, N, rows_per_pr
 # -- configuration: the launchers and aot_specs() both pick from here, so the AOT test covers every variant --
 
 def _config(n, dropout, backward=False):
-    """(constexprs, launch options) for rows of n elements: the row tiling of kernels/utils.py, TILE elements
-    per tile."""
-    return row_config(n, dropout, backward, TILE)
+    """(per-call constexprs, fixed config) for rows of n elements: the row tiling of kernels/utils.py, TILE
+    elements per tile; the interpreter's choice, and on a GPU the first of the autotune candidates."""
+    return fixed_row_config(n, dropout, backward, TILE)
+
+
+_FLAGS = ["HAS_INPUT_BIAS", "HAS_DROPOUT", "ALIGNED"]
+_fwd = Tuned(_layer_norm_fwd, row_configs(backward=False), key=["N", "HAS_RESIDUAL", *_FLAGS], prune=row_prune)
+_bwd = Tuned(_layer_norm_bwd, row_configs(backward=True), key=["N", *_FLAGS], prune=row_prune)
 
 
 # -- launchers: the kernel contract of fastbert.ops.layer_norm --
@@ -109,12 +114,12 @@ def layer_norm_forward(x, weight, bias, residual, input_bias, eps, dropout_p, se
     mean = torch.empty(M, dtype=torch.float32, device=x.device)
     rstd = torch.empty(M, dtype=torch.float32, device=x.device)
     if M:
-        constexprs, launch = _config(N, dropout_p > 0)
-        _layer_norm_fwd[(triton.cdiv(M, constexprs["ROWS"]),)](
+        flags, fixed = _config(N, dropout_p > 0)
+        _fwd(lambda meta: (triton.cdiv(M, meta["ROWS"]),), fixed,
             x, weight, bias, x if residual is None else residual, weight if input_bias is None else input_bias,
             out, h if keep_h else out, mean, rstd, M, N, eps, *dropout_args(dropout_p), seed,
             HAS_RESIDUAL=residual is not None, HAS_INPUT_BIAS=input_bias is not None, HAS_DROPOUT=dropout_p > 0,
-            **constexprs, **launch)
+            **flags)
     return out, h, mean, rstd
 
 
@@ -125,15 +130,15 @@ def layer_norm_backward(grad_out, h, weight, mean, rstd, dropout_p, seed, has_in
     grad_out = grad_out.to(h.dtype)
     grad_h = torch.empty_like(h)
     grad_x = torch.empty_like(h) if dropout_p > 0 else h.new_empty(0)
-    constexprs, launch = _config(N, dropout_p > 0, backward=True)
-    per_program = bwd_rows_per_program(M, constexprs["ROWS"], h.device)
+    flags, fixed = _config(N, dropout_p > 0, backward=True)
+    per_program = bwd_rows_per_program(M, fixed.kwargs["ROWS"], h.device)  # every candidate's ROWS
     programs = triton.cdiv(M, per_program) if M else 0
     parts = torch.empty(3 if has_input_bias else 2, programs, N, dtype=torch.float32, device=h.device)
     if M:
-        _layer_norm_bwd[(programs,)](
+        _bwd(lambda meta: (programs,), fixed,
             grad_out, h, weight, mean, rstd, grad_h, grad_x if dropout_p > 0 else grad_h, parts[0], parts[1],
             parts[-1], M, N, per_program, *dropout_args(dropout_p), seed,
-            HAS_INPUT_BIAS=has_input_bias, HAS_DROPOUT=dropout_p > 0, **constexprs, **launch)
+            HAS_INPUT_BIAS=has_input_bias, HAS_DROPOUT=dropout_p > 0, **flags)
     sums = [part.sum(0) for part in parts]  # separate tensors: custom-op outputs may not alias
     return grad_h, grad_x, sums[0], sums[1], sums[2] if has_input_bias else h.new_empty(0)
 
@@ -144,20 +149,23 @@ def aot_specs():
     specs = []
     for xdt, (n, dropout, drop_tag), ib in itertools.product(PTR, row_variants(), (False, True)):
         x = PTR[xdt]
-        constexprs, launch = _config(n, dropout)
-        bwd_launch = _config(n, dropout, backward=True)[1]
+        aligned = _config(n, dropout)[0]
         tag = f"ib={ib:d} {drop_tag}"
         for w in dict.fromkeys([x, "*fp32"]):  # weights in x's dtype or fp32
-            for r in dict.fromkeys([None, x, "*fp32"]):  # no residual, or one in x's dtype or fp32
-                flags = dict(HAS_RESIDUAL=r is not None, HAS_INPUT_BIAS=ib, HAS_DROPOUT=dropout, **constexprs)
+            for r, c in itertools.product(dict.fromkeys([None, x, "*fp32"]), row_candidates(n, backward=False)):
+                flags = dict(HAS_RESIDUAL=r is not None, HAS_INPUT_BIAS=ib, HAS_DROPOUT=dropout, **aligned, **c.kwargs)
                 sig = dict(X=x, W=w, B=w, R=r or x, IB=w, OUT=x, H=x, MEAN="*fp32", RSTD="*fp32", M="i32", N="i32",
                            eps="fp32", threshold="i32", scale="fp32", seed="i64")
-                specs.append(dict(name=f"_layer_norm_fwd x={x[1:]} w={w[1:]} r={(r or '-').lstrip('*')} {tag}",
+                specs.append(dict(name=f"_layer_norm_fwd x={x[1:]} w={w[1:]} r={(r or '-').lstrip('*')} {tag} "
+                                       f"ROWS={c.kwargs['ROWS']} warps={c.num_warps}",
                                   fn=_layer_norm_fwd, signature={**sig, **dict.fromkeys(flags, "constexpr")},
-                                  constexprs=flags, **launch))
-            flags = dict(HAS_INPUT_BIAS=ib, HAS_DROPOUT=dropout, **constexprs)
-            sig = dict(DY=x, H=x, W=w, MEAN="*fp32", RSTD="*fp32", DH=x, DX=x, DW="*fp32", DB="*fp32", DIB="*fp32",
-                       M="i32", N="i32", rows_per_program="i32", threshold="i32", scale="fp32", seed="i64")
-            specs.append(dict(name=f"_layer_norm_bwd x={x[1:]} w={w[1:]} {tag}", fn=_layer_norm_bwd,
-                              signature={**sig, **dict.fromkeys(flags, "constexpr")}, constexprs=flags, **bwd_launch))
+                                  constexprs=flags, **launch_options(c)))
+            for c in row_candidates(n, backward=True):
+                flags = dict(HAS_INPUT_BIAS=ib, HAS_DROPOUT=dropout, **aligned, **c.kwargs)
+                sig = dict(DY=x, H=x, W=w, MEAN="*fp32", RSTD="*fp32", DH=x, DX=x, DW="*fp32", DB="*fp32",
+                           DIB="*fp32", M="i32", N="i32", rows_per_program="i32", threshold="i32", scale="fp32",
+                           seed="i64")
+                specs.append(dict(name=f"_layer_norm_bwd x={x[1:]} w={w[1:]} {tag} warps={c.num_warps}",
+                                  fn=_layer_norm_bwd, signature={**sig, **dict.fromkeys(flags, "constexpr")},
+                                  constexprs=flags, **launch_options(c)))
     return specs
