@@ -276,7 +276,8 @@ def _all_candidates(kind: str) -> list[triton.Config]:
 
 def _prune(kind: str, configs: list[triton.Config], nargs: dict, **kwargs) -> list[triton.Config]:
     """The candidates of the call's head dim, dtype and dropout (autotune's early_config_prune)."""
-    return _candidates(kwargs["HEAD_DIM"], nargs["Out" if kind == "pre" else "Q"].dtype, kwargs.get("DROPOUT", False))[kind]
+    dtype = nargs["Out" if kind == "pre" else "Q"].dtype
+    return _candidates(kwargs["HEAD_DIM"], dtype, kwargs.get("DROPOUT", False))[kind]
 
 
 # On a GPU tuned once per head dim, dropout and dtypes: not per sequence length, which varies batch by batch.
