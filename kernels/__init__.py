@@ -2,8 +2,10 @@
 
 One module per op (layer_norm, bias_gelu, embedding, attention): its @triton.jit kernels and the launchers
 named in the op's kernel contract (see fastbert/ops/<op>.py); utils holds what they share (dropout
-arguments and mask, row tiling, launch helpers). Each op module also defines `aot_specs()`: every kernel
-configuration its launchers can pick, as dicts {"name", "fn", "signature", "constexprs", "num_warps",
+arguments and mask, row tiling, launch helpers). Each kernel has one list of candidate configs (block sizes,
+warps, stages): on a GPU its launcher lets triton.autotune choose among them, in the interpreter it runs a
+fixed one (utils.Tuned). Each op module also defines `aot_specs()`: every kernel configuration its launchers
+can pick, every candidate included, as dicts {"name", "fn", "signature", "constexprs", "num_warps",
 "num_stages"} (optionally "maxnreg", as launched) for triton.compile(ASTSource(...)), so the tests can
 compile all of them ahead of time for sm_80 and sm_90 on a machine without a GPU
 (python -m fastbert.kernels.aot; tests/test_aot_compile.py).

@@ -1,10 +1,10 @@
 """Every Triton kernel variant compiles for real GPUs (sm_80, sm_90) without register spills.
 
 The interpreter runs the kernels on CPU but accepts code that the GPU compiler rejects, so the variants
-each module lists in aot_specs() are compiled ahead of time here, no GPU needed (fastbert.kernels.aot,
-in a subprocess: interpreted kernels cannot be compiled). By default the all-pairs subset per kernel
-(every pair of dtype / constexpr / launch-option values compiled at least once); FASTBERT_AOT_FULL=1
-compiles every spec. FASTBERT_AOT_REPORT=path keeps the JSON report (registers, shared memory, spills).
+each module lists in aot_specs() (every autotune candidate of every launcher) are compiled ahead of time
+here, no GPU needed (fastbert.kernels.aot, in a subprocess: interpreted kernels cannot be compiled). By
+default the all-pairs subset per kernel (every pair of dtype / constexpr / launch-option values compiled at
+least once); FASTBERT_AOT_FULL=1 compiles every spec. FASTBERT_AOT_REPORT=path keeps the JSON report (registers, shared memory, spills).
 """
 import importlib
 import json
