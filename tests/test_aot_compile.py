@@ -4,7 +4,8 @@ The interpreter runs the kernels on CPU but accepts code that the GPU compiler r
 each module lists in aot_specs() (every autotune candidate of every launcher) are compiled ahead of time
 here, no GPU needed (fastbert.kernels.aot, in a subprocess: interpreted kernels cannot be compiled). By
 default the all-pairs subset per kernel (every pair of dtype / constexpr / launch-option values compiled at
-least once); FASTBERT_AOT_FULL=1 compiles every spec. FASTBERT_AOT_REPORT=path keeps the JSON report (registers, shared memory, spills).
+least once); FASTBERT_AOT_FULL=1 compiles every spec. FASTBERT_AOT_REPORT=path keeps the JSON report
+(registers, shared memory, spills).
 """
 import importlib
 import json
