@@ -5,12 +5,12 @@ Without a GPU, autotune's timing cannot run; instead the GPU launch path runs he
 by one that launches a chosen candidate in the interpreter: each candidate's grid, blocks and partial sums
 must give the fixed config's results.
 """
+import functools
+
 import pytest
 import torch
 
 pytest.importorskip("triton")
-import triton  # noqa: E402
-
 from fastbert.kernels import attention, bias_gelu, embedding, layer_norm, utils  # noqa: E402
 
 MODULES = [attention, bias_gelu, embedding, layer_norm]
@@ -30,18 +30,16 @@ class _Candidate:
 
     def __getitem__(self, grid):
         assert callable(grid), "an autotuned launch takes grid(META)"
-        return self.launch_with(grid)
+        return functools.partial(self.launch, grid)
 
-    def launch_with(self, grid):
-        def launch(*args, **kwargs):
-            nargs = dict(zip(self.tuned.fn.arg_names, args))
-            configs = self.prune(self.tuned.configs, nargs, **kwargs) if self.prune else self.tuned.configs
-            config = configs[min(self.index, len(configs) - 1)]
-            assert not kwargs.keys() & config.all_kwargs().keys(), "the launcher re-defines tuned parameters"
-            self.ran.append((config, configs[0]))
-            meta = config.all_kwargs()
-            return self.tuned.fn[grid(meta)](*args, **kwargs, **meta)
-        return launch
+    def launch(self, grid, *args, **kwargs):
+        nargs = dict(zip(self.tuned.fn.arg_names, args))
+        configs = self.prune(self.tuned.configs, nargs, **kwargs) if self.prune else self.tuned.configs
+        config = configs[min(self.index, len(configs) - 1)]
+        assert not kwargs.keys() & config.all_kwargs().keys(), "the launcher re-defines tuned parameters"
+        self.ran.append((config, configs[0]))
+        meta = config.all_kwargs()
+        return self.tuned.fn[grid(meta)](*args, **kwargs, **meta)
 
 
 def test_each_launch_goes_through_autotune_on_a_gpu_and_the_fixed_config_interpreted(monkeypatch):
@@ -138,7 +136,6 @@ def test_attention_and_bias_gelu_start_from_the_fixed_config():
             for dropout in (False, True):
                 fixed = attention._configs(head_dim, dtype, dropout)
                 for kind, candidates in attention._candidates(head_dim, dtype, dropout).items():
-                    bm, bn, warps, stages = fixed[kind]
                     c = candidates[0]
                     assert (c.kwargs["BLOCK_M"], c.kwargs.get("BLOCK_N", 0), c.num_warps, c.num_stages) == fixed[kind]
                     assert len(candidates) > 1
