@@ -256,17 +256,19 @@ def _configs(head_dim: int, dtype: torch.dtype, dropout: bool) -> dict:
 
 @functools.cache
 def _candidates(head_dim: int, dtype: torch.dtype, dropout: bool) -> dict[str, list[triton.Config]]:
-    """{kernel: autotune candidates}: _configs' first (the interpreter's choice), then the same blocks with 3
-    pipeline stages, and half the block each program owns (its rows, or its keys in dkdv) with half the warps
-    (at least 4): more programs, no more registers per thread."""
+    """{kernel: autotune candidates}: _configs' first (the interpreter's choice); then, in forward, the same
+    blocks with 3 pipeline stages (in backward 3 stages spill); and half the block each program owns (its rows,
+    or its keys in dkdv) with half the warps (at least 4) where that half is 32 or more: more programs, no more
+    registers per thread (16-row halves spill with dropout)."""
     out = {}
     for kind, (bm, bn, warps, stages) in _configs(head_dim, dtype, dropout).items():
         if kind == "pre":
             out[kind] = [triton.Config(dict(BLOCK_M=block), num_warps=4, num_stages=1) for block in (bm, bm // 2)]
             continue
         half = (bm, bn // 2) if kind == "dkdv" else (bm // 2, bn)
-        out[kind] = [triton.Config(dict(BLOCK_M=m, BLOCK_N=n), num_warps=w, num_stages=st)
-                     for m, n, w, st in ((bm, bn, warps, stages), (bm, bn, warps, 3), (*half, max(4, warps // 2), 2))]
+        choices = [(bm, bn, warps, stages)] + [(bm, bn, warps, 3)] * (kind == "fwd")
+        choices += [(*half, max(4, warps // 2), 2)] * (half[kind == "dkdv"] >= 32)
+        out[kind] = [triton.Config(dict(BLOCK_M=m, BLOCK_N=n), num_warps=w, num_stages=st) for m, n, w, st in choices]
     return out
 
 
