@@ -55,7 +55,7 @@ def _subset(data: Encoded, n, seed) -> Encoded:
 
 def build(cfg: dict, names: list[str], source: str | None = None) -> loop.Model:
     """Encoder + tokenizer + a head per task. source: a checkpoint to start from (default cfg init)."""
-    source = source or (_checkpoint_dir(cfg["init"]) if cfg["init"] else None)
+    source = source or (checkpoint.resolve_dir(cfg["init"]) if cfg["init"] else None)
     torch.manual_seed(cfg["seed"])
     if source is None and cfg["model"]:  # a randomly initialised encoder (tests, scratch runs)
         encoder = BertModel(BertConfig(**cfg["model"]), backend=cfg["backend"], unpad=cfg["unpad"])
@@ -298,7 +298,7 @@ def train(cfg: dict) -> dict:
     names = _eval_names(cfg)
     if resume:
         check_resumable(cfg, resume)
-    check_lengths(cfg, names, resume or (_checkpoint_dir(cfg["init"]) if cfg["init"] else None))
+    check_lengths(cfg, names, resume or (checkpoint.resolve_dir(cfg["init"]) if cfg["init"] else None))
     model = build(cfg, names, source=resume)
     distributed.broadcast_params(model)  # the same start on every rank, whatever initialised it
     # the run's settings, with every task's in full: a checkpoint rebuilds its heads from them alone
@@ -338,13 +338,9 @@ def train(cfg: dict) -> dict:
     return {"run_dir": run.path, **state}
 
 
-def _checkpoint_dir(path: str) -> str:
-    return checkpoint.resolve_dir(path)
-
-
 def _for_checkpoint(cfg: dict) -> tuple[dict, loop.Model, Run, list[str]]:
     """(settings, model, run, tasks) of evaluate / predict; settings take the checkpoint's skip_bad_rows."""
-    source = _checkpoint_dir(cfg["init"]) if cfg["init"] else None
+    source = checkpoint.resolve_dir(cfg["init"]) if cfg["init"] else None
     saved = checkpoint.saved_config(source) if source else None
     if saved and saved.get("skip_bad_rows"):  # the data the checkpoint was trained on had bad rows skipped
         cfg = {**cfg, "skip_bad_rows": True}
