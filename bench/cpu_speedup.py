@@ -12,9 +12,9 @@ import argparse
 import torch
 
 from bench.machine import git_state, matmul_tflops
-from bench.rounds import batch_rounds, interleaved_train_rounds, speedup_record
+from bench.rounds import batch_rounds, interleaved_train_rounds, speedup_record, speedup_variants
 from bench.targets import verdicts
-from bench.workload import DATA_DIR, ROOT, Runner, load_tasks, model_weights
+from bench.workload import DATA_DIR, ROOT, Runner, load_tasks, model_weights, timed_skip
 from fastbert import BertTokenizer
 
 
@@ -35,18 +35,24 @@ def main():
     rounds = batch_rounds(load_tasks(DATA_DIR), BertTokenizer.from_pretrained(), args.rounds, args.batches,
                           args.batch, seed=1, device=cpu, repeat=args.repeat)
     weights = model_weights(args.shape)
-    runners = {v: Runner(v, args.shape, cpu, weights=weights) for v in args.variants.split(",")}
+    names = speedup_variants(cpu, args.variants.split(","))
+    left_out = [v for v in args.variants.split(",") if v not in names]
+    if left_out:
+        print(f"left out: {', '.join(left_out)}: {timed_skip(left_out[0], cpu)}")
+    runners = {v: Runner(v, args.shape, cpu, weights=weights) for v in names}
     times = interleaved_train_rounds(runners, rounds, cpu)
-    peak = matmul_tflops(cpu, torch.bfloat16, quick=False)
-    show(speedup_record(args.shape, next(iter(runners.values())).config, rounds[1:], times, peak), args.repeat)
+    precision = runners["fastbert"].precision if "fastbert" in runners else "bf16"
+    peak = matmul_tflops(cpu, torch.float32 if precision == "fp32" else torch.bfloat16, quick=False)
+    show(speedup_record(args.shape, next(iter(runners.values())).config, rounds[1:], times, peak,
+                        "fp32" if precision == "fp32" else "bf16"), args.repeat)
 
 
 def show(r: dict, repeat: bool) -> None:
     """Per variant: ms per step, MFU, speed-ups over the Hugging Face variants; then the CPU targets."""
-    med, peak = r["median_s"], r["bf16_matmul_tflops"]
+    med, peak = r["median_s"], r["matmul_tflops"]
     print(f"{r['shape']}, {r['batches']} batches x {r['batch']} sequences (median {r['real_tokens']:.0f} real "
           f"tokens), {r['rounds']} rounds of {'the same' if repeat else 'new'} batches, {r['threads']} threads; "
-          f"bf16 matmul rate {peak:.2f} TFLOP/s")
+          f"fastbert in {r['precision']}, {r['precision']} matmul rate {peak:.2f} TFLOP/s")
     for v, m in med.items():
         ratios = ", ".join(f"{med[o] / m:.2f}x {o}" for o in med if o != v and o.startswith("hf"))
         mfu = r["model_flops"] / m / 1e12 / peak

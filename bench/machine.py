@@ -14,12 +14,22 @@ import time
 
 import torch
 
+from fastbert import backend
+
 
 def device_name() -> str:
     name = os.environ.get("FASTBERT_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
     if name not in ("cpu", "cuda"):
         raise ValueError(f"FASTBERT_BENCH_DEVICE must be cpu or cuda, got {name!r}")
     return name
+
+
+def results_name(dev: torch.device) -> str:
+    """The results file's name (bench/results/<name>.json), one per kind of machine: cuda; cpu (bf16 matmuls:
+    fastbert trains in bf16); cpu-fp32 (none: it trains in fp32, bf16 variants are left out)."""
+    if dev.type != "cpu":
+        return dev.type
+    return "cpu" if backend.bf16_matmuls(dev) else "cpu-fp32"
 
 
 def sync(device: torch.device) -> None:
@@ -75,7 +85,6 @@ def cpu_model() -> str:
 def op_backends(dev: torch.device) -> dict[str, str]:
     """What backend "auto" runs for each fused op (each fastbert.ops module with KERNELS) on this device."""
     import fastbert.ops
-    from fastbert import backend
 
     out = {}
     with backend.use_backend("auto"):
@@ -109,7 +118,9 @@ def machine_info(dev: torch.device, quick: bool) -> dict:
         "fastbert": version("fastbert"),
         "op_backends": op_backends(dev),
         "optimizer": optimizer_name(),
+        "bf16_matmuls": backend.bf16_matmuls(dev),
         "bf16_matmul_tflops": matmul_tflops(dev, torch.bfloat16, quick),
+        "fp32_matmul_tflops": matmul_tflops(dev, torch.float32, quick),
         "quick": quick,
     }
 

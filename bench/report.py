@@ -91,7 +91,10 @@ def machine_section(data, path) -> str:
                          f"fastbert {fb.get('fastbert')}"],
             ["fastbert ops (backend auto)", ", ".join(f"{k}: {v}" for k, v in fb.get("op_backends", {}).items())],
             ["fastbert optimizer", fb.get("optimizer", "?")],
-            ["bf16 matmul rate (measured)", f"{fmt(fb.get('bf16_matmul_tflops'))} TFLOP/s"],
+            ["matmul rate (measured)", f"bf16 {fmt(fb.get('bf16_matmul_tflops'))} TFLOP/s, fp32 "
+                                       f"{fmt(fb.get('fp32_matmul_tflops'))} TFLOP/s"
+                                       + ("" if fb.get("bf16_matmuls", True) else
+                                          " (no bf16 matmul instructions: fastbert trains in fp32 here)")],
             ["run", f"{data.get('datetime', '?')[:19]}, commit {c.get('id', '?')[:10]}"
                     f"{' (dirty)' if c.get('dirty') else ''}, quick mode: {fb.get('quick')}"],
             ["results file", os.path.relpath(path, ROOT)]]
@@ -109,17 +112,23 @@ def skipped_section(skipped: list[str]) -> str:
     return "\nSkipped here:\n" + "".join(lines) if lines else ""
 
 
-def _bf16_rate(kinds) -> float | None:
-    rates = [b["extra_info"].get("tflops") for b in kinds.get("matmul", []) if b["extra_info"]["dtype"] == "bf16"]
+def _matmul_rate(kinds, dtype: str) -> float | None:
+    rates = [b["extra_info"].get("tflops") for b in kinds.get("matmul", []) if b["extra_info"]["dtype"] == dtype]
     rates = [r for r in rates if r]
     return max(rates) if rates else None
 
 
-def throughput_section(kinds, kind, title, device, plot, machine_peak=None) -> str:
+def _precision(machine: dict) -> str:
+    """The precision fastbert trains in on the record's machine: fp32 where it has no bf16 matmuls."""
+    return "bf16" if machine.get("bf16_matmuls", True) else "fp32"
+
+
+def throughput_section(kinds, kind, title, device, plot, machine: dict) -> str:
     rows = kinds.get(kind, [])
     if not rows:
         return ""
-    peak = _bf16_rate(kinds) or machine_peak
+    dtype = _precision(machine)
+    peak = _matmul_rate(kinds, dtype) or machine.get(f"{dtype}_matmul_tflops")
     out = f"### {title}\n\n"
     shapes = sorted({b["extra_info"]["shape"] for b in rows}, key=["minilm", "bert-base"].index)
     speeds = {}
@@ -146,7 +155,8 @@ def throughput_section(kinds, kind, title, device, plot, machine_peak=None) -> s
         out += ("The variants above ran one after another, so the machine's drift between them lands in their "
                 "ratios; the CPU targets are judged by the interleaved measurement only.\n\n")
     out += (f"MFU: model FLOPs on real tokens (encoder matmuls + attention; backward = 2x forward) per second, "
-            f"over the best bf16 matmul rate measured on this machine ({fmt(peak)} TFLOP/s).\n\n" if peak else "\n")
+            f"over the best {dtype} matmul rate measured on this machine ({fmt(peak)} TFLOP/s), {dtype} being "
+            f"what fastbert trains in here.\n\n" if peak else "\n")
     if plot and any(v for s in speeds.values() for v in s.values()):
         out += f"![{title}]({os.path.relpath(plot(speeds), ROOT)})\n\n"
     return out
@@ -157,7 +167,8 @@ def targets_section(rows, machine: dict) -> str:
     for records that do not carry their thread count or bf16 matmul rate."""
     lines = []
     for b in rows:
-        record = {"bf16_matmul_tflops": machine.get("bf16_matmul_tflops"), **b["extra_info"]}
+        record = {"bf16_matmul_tflops": machine.get("bf16_matmul_tflops"), "precision": _precision(machine),
+                  **b["extra_info"]}
         lines += [f"- {v.line()}\n" for v in verdicts(record, machine.get("torch_threads"))]
     return ("CPU targets (training step, variants interleaved; bench/targets.py): the median of the per-round values "
             "against the target, the spread their interquartile range; `pytest bench/ --benchmark-only` fails on a "
@@ -322,7 +333,7 @@ def _save(plt, fig, name: str) -> str:
     return path
 
 
-def plotters(device: str) -> dict:
+def plotters(prefix: str) -> dict:
     def throughput(kind):
         def plot(speeds):
             plt = _plt()
@@ -334,7 +345,7 @@ def plotters(device: str) -> dict:
                 ax.set_title(f"{kind}: {shape}")
                 ax.set_xlabel("real tokens / s")
                 ax.invert_yaxis()
-            return _save(plt, fig, f"{device}-{kind}.png")
+            return _save(plt, fig, f"{prefix}-{kind}.png")
         return plot
 
     def memory(rows):
@@ -353,7 +364,7 @@ def plotters(device: str) -> dict:
             ax.set_ylabel("peak MiB")
             ax.set_title(f"training-step memory: {shape}")
             ax.legend()
-        return _save(plt, fig, f"{device}-memory.png")
+        return _save(plt, fig, f"{prefix}-memory.png")
 
     def convergence(rows):
         plt = _plt()
@@ -369,7 +380,7 @@ def plotters(device: str) -> dict:
             ax.set_title(f"loss, {e['dtype']} (running mean of 21 steps)")
             ax.set_xlabel("step")
             ax.legend()
-        return _save(plt, fig, f"{device}-convergence.png")
+        return _save(plt, fig, f"{prefix}-convergence.png")
 
     return {"train": throughput("train"), "inference": throughput("inference"), "memory": memory,
             "convergence": convergence}
@@ -402,16 +413,15 @@ def render(paths: list[str], plots: bool = True) -> str:
         with open(path) as f:
             data = json.load(f)
         device = data["machine_info"].get("fastbert", {}).get("device", os.path.splitext(os.path.basename(path))[0])
-        p = plotters(device) if plots else {}
+        p = plotters(os.path.splitext(os.path.basename(path))[0]) if plots else {}  # plots named as the file
         kinds = by_kind(data["benchmarks"])
         fb = data["machine_info"].get("fastbert", {})
         doc += f"\n## {device.upper()}: {fb.get('device_name', '?')}\n\n" + machine_section(data, path) + "\n"
-        peak = fb.get("bf16_matmul_tflops")
         doc += gpu_targets_section(data["benchmarks"])
         doc += speedup_section(kinds, device, fb)
         doc += throughput_section(kinds, "train", "Training step (forward + backward + optimizer)", device,
-                                  p.get("train"), peak)
-        doc += throughput_section(kinds, "inference", "Inference (forward, no grad)", device, p.get("inference"), peak)
+                                  p.get("train"), fb)
+        doc += throughput_section(kinds, "inference", "Inference (forward, no grad)", device, p.get("inference"), fb)
         doc += memory_section(kinds, p.get("memory"))
         doc += matmul_section(kinds)
         doc += parity_section(kinds, p.get("convergence"))
@@ -432,14 +442,16 @@ def main(argv=None) -> int:
     code = 0
     if args.run is not None:
         sys.path.insert(0, ROOT)
-        from bench.machine import device_name, git_state
+        import torch
+
+        from bench.machine import device_name, git_state, results_name
 
         git = git_state(ROOT)
         if git["dirty"] and not args.allow_dirty:
             ap.error(f"the tree has uncommitted changes on top of {git['commit'][:10]}: commit them first "
                      f"(results come from a named commit), or pass --allow-dirty")
 
-        out = os.path.join(RESULTS, f"{device_name()}.json")
+        out = os.path.join(RESULTS, f"{results_name(torch.device(device_name()))}.json")
         code = subprocess.call([sys.executable, "-m", "pytest", "bench/", "--benchmark-only", f"--benchmark-json={out}",
                                 "-q", *args.run], cwd=ROOT)
     paths = args.json or sorted(glob.glob(os.path.join(RESULTS, "*.json")))

@@ -10,12 +10,17 @@ import time
 import torch
 
 from bench.machine import sync
-from bench.workload import Runner, LayoutBatch, real_batches, train_flops
+from bench.workload import Runner, LayoutBatch, real_batches, timed_skip, train_flops
 from fastbert import BertConfig
 
 # the interleaved training-step comparison (test_train_speedup): fastbert (bf16 weights) against each other
 # variant, its fp32-weights autocast path and both Hugging Face bf16 baselines included
 SPEEDUP_VARIANTS = ("fastbert", "fastbert-bf16-autocast", "hf-fp32", "hf-bf16", "hf-bf16-pad8")
+
+
+def speedup_variants(device: torch.device, names=SPEEDUP_VARIANTS) -> tuple[str, ...]:
+    """The variants of `names` a timed run compares on `device` (workload.timed_skip leaves out the rest)."""
+    return tuple(v for v in names if timed_skip(v, device) is None)
 
 
 def batch_rounds(tasks, tokenizer, n: int, batches: int, batch: int, seed: int, device: torch.device,
@@ -50,16 +55,17 @@ def interleaved_train_rounds(runners: dict[str, Runner], rounds: list[list[Layou
 
 
 def speedup_record(shape: str, config: BertConfig, rounds: list[list[LayoutBatch]], times: dict[str, list[float]],
-                   bf16_tflops: float) -> dict:
+                   matmul_tflops: float, precision: str = "bf16") -> dict:
     """One interleaved comparison as a record (test_train_speedup's extra_info; what bench/targets.py judges):
     per-round seconds per variant and model FLOPs over the timed `rounds`, their medians, fastbert's speed-up over
-    each other variant (ratio of medians), and the bf16 matmul rate (TFLOP/s) MFU is measured against."""
+    each other variant (ratio of medians), the precision fastbert ran in (bf16, or fp32 on a device without bf16
+    matmuls) and the machine's matmul rate (TFLOP/s) in that precision, which MFU is measured against."""
     lengths = [[n for b in r for n in b.packed.lengths.tolist()] for r in rounds]
     med = {v: statistics.median(ts) for v, ts in times.items()}
     return dict(kind="speedup", shape=shape, rounds=len(rounds), batches=len(rounds[0]),
                 batch=len(rounds[0][0].labels), sequences=sum(len(b.labels) for b in rounds[0]),
                 threads=torch.get_num_threads(), real_tokens=statistics.median(sum(ls) for ls in lengths),
                 model_flops=statistics.median(train_flops(config, ls) for ls in lengths),
-                bf16_matmul_tflops=bf16_tflops, median_s=med,
+                precision=precision, matmul_tflops=matmul_tflops, median_s=med,
                 speedup={v: med[v] / med["fastbert"] for v in med if v != "fastbert"} if "fastbert" in med else {},
                 round_s=times, round_flops=[train_flops(config, ls) for ls in lengths])

@@ -12,6 +12,8 @@ does, and every variant gets the same rounds; throughput counts real (non-paddin
   hf-bf16-pad8      the same with every batch padded to a multiple of 8 tokens per sequence (fewer distinct
                     shapes: on CPU oneDNN builds a bf16 matmul kernel for each new one, as fastbert's buckets avoid)
   hf-bf16-compile   the same under torch.compile(dynamic=True)
+On a CPU without bf16 matmuls (AVX2 only), fastbert trains in fp32 (as the driver does there) and a timed run
+leaves out the bf16 variants (workload.timed_skip), whose matmuls run a slow reference loop on such a CPU.
 The speed-up targets are judged by test_train_speedup, which interleaves SPEEDUP_VARIANTS round by round
 (test_train_step times one variant's rounds after another's, which puts the machine's drift into ratios).
 Memory: peak bytes of tensors allocated during one steady-state training step (after a warm-up step),
@@ -30,10 +32,10 @@ import torch
 
 from bench import gpu_targets
 from bench.machine import device_name, matmul_tflops, median_s, op_backends, optimizer_name, sync
-from bench.rounds import SPEEDUP_VARIANTS, batch_rounds, interleaved_train_rounds, speedup_record
+from bench.rounds import batch_rounds, interleaved_train_rounds, speedup_record, speedup_variants
 from bench.targets import missed
 from bench.workload import (MODEL_SHAPES, QUICK, VARIANTS, Runner, forward_flops, long_batch, model_weights,
-                            quick_skip, train_flops)
+                            quick_skip, timed_skip, train_flops)
 
 
 # torch.compile baselines: on CUDA by default, on CPU when asked (compiling takes minutes there)
@@ -64,6 +66,9 @@ def _weights(shape):
 
 def _runner(variant, shape, device):
     quick_skip(shape)
+    why = timed_skip(variant, device)
+    if why:
+        pytest.skip(why)
     if variant.endswith("-compile") and not COMPILE:
         pytest.skip("torch.compile of a training step takes 5-10 minutes to compile on a small CPU: "
                     "set FASTBERT_BENCH_COMPILE=1 to include it" if not QUICK else "not in quick mode")
@@ -137,7 +142,7 @@ def test_train_speedup(benchmark, shape, device, tasks, tokenizer):
     sz = sizes(device, shape)
     rounds = batch_rounds(tasks, tokenizer, sz["speedup_rounds"], sz["batches"], sz["speedup_batch"], seed=7,
                           device=device)
-    runners = {v: Runner(v, shape, device, weights=_weights(shape)) for v in SPEEDUP_VARIANTS}
+    runners = {v: Runner(v, shape, device, weights=_weights(shape)) for v in speedup_variants(device)}
     times = {}
 
     def run():
@@ -146,8 +151,10 @@ def test_train_speedup(benchmark, shape, device, tasks, tokenizer):
     benchmark.group = f"train speed-up (interleaved): {shape}"
     benchmark.pedantic(run, rounds=1)
     assert all(t > 0 for ts in times.values() for t in ts)
-    record = speedup_record(shape, runners["fastbert"].config, rounds[1:], times,
-                            matmul_tflops(device, torch.bfloat16, QUICK))
+    ours = runners["fastbert"]
+    dtype = {"fp32": torch.float32}.get(ours.precision, torch.bfloat16)
+    record = speedup_record(shape, ours.config, rounds[1:], times, matmul_tflops(device, dtype, QUICK),
+                            "fp32" if dtype == torch.float32 else "bf16")
     benchmark.extra_info.update(record)
     if device.type == "cpu" and not QUICK:
         failed = missed(record)

@@ -39,11 +39,11 @@ def test_speedup_section_judges_targets_by_interleaved_ratios():
     assert doc.index("| minilm |") < doc.index("| bert-base |")
     assert "| minilm | fastbert | 200.0 | 4.50e+03 | 1.00x |" in doc, doc
     lines = [ln for ln in doc.splitlines() if ln.startswith("- ")]
-    assert len(lines) == len(CPU_TARGETS), lines  # every target, from the one table in bench/targets.py
-    assert "- minilm (batch 32): fastbert / hf-fp32 >= 8x: 5.60x (no per-round spread; " in doc
-    assert "- minilm (batch 32): fastbert / hf-bf16 >= 5x: 2.90x " in doc
-    assert "- minilm (batch 32): fastbert / hf-bf16-pad8 >= 5x: not judged (not measured in this run)" in doc
-    assert "- bert-base (batch 32): fastbert / hf-fp32 >= 6x: 6.50x " in doc
+    assert len(lines) == sum(t.precision == "bf16" for t in CPU_TARGETS), lines  # every bf16 target, one table
+    assert "- minilm (batch 32): fastbert bf16 / hf-fp32 >= 8x: 5.60x (no per-round spread; " in doc
+    assert "- minilm (batch 32): fastbert bf16 / hf-bf16 >= 5x: 2.90x " in doc
+    assert "- minilm (batch 32): fastbert bf16 / hf-bf16-pad8 >= 5x: not judged (not measured in this run)" in doc
+    assert "- bert-base (batch 32): fastbert bf16 / hf-fp32 >= 6x: 6.50x " in doc
     assert [ln.rsplit(": ", 1)[1] for ln in lines if "hf-fp32" in ln] == ["NOT met", "met"]
 
 
@@ -63,3 +63,14 @@ def test_results_from_a_dirty_tree_are_marked_loudly(tmp_path):
     assert "NOT A CLEAN RESULT" in report.machine_section(data, path)
     data["commit_info"]["dirty"] = False
     assert "NOT A CLEAN RESULT" not in report.machine_section(data, path)
+
+
+def test_a_machine_without_bf16_matmuls_is_judged_on_the_fp32_targets():
+    e = {"kind": "speedup", "shape": "minilm", "rounds": 7, "batches": 3, "sequences": 96, "real_tokens": 2700.0,
+         "median_s": {"fastbert": 0.6, "hf-fp32": 1.8}, "speedup": {"hf-fp32": 3.0}}
+    doc = report.speedup_section({"speedup": [{"extra_info": e}]}, "cpu", {"torch_threads": 2, "bf16_matmuls": False})
+    lines = [ln for ln in doc.splitlines() if ln.startswith("- ")]
+    fp32 = [t for t in CPU_TARGETS if t.precision == "fp32" and t.shape == "minilm"]
+    assert fp32 and len(lines) == len(fp32), lines
+    assert all(" fp32 " in ln and "bf16" not in ln for ln in lines), lines
+    assert "- minilm (batch 32): fastbert fp32 / hf-fp32 >= " in doc and ": 3.00x " in doc

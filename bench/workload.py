@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastbert
-from fastbert import BertConfig, BertModel
+from fastbert import BertConfig, BertModel, backend
 from fastbert.data.readers import read_table
 from fastbert.pretrained import to_hf
 from fastbert.tokenizer import Batch
@@ -200,7 +200,8 @@ class Variant(NamedTuple):
     layout: str
 
 
-# fastbert, the default fast path, trains bf16 weights on packed batches.
+# fastbert, the default fast path, trains bf16 weights on packed batches (fp32 where the device has no bf16
+# matmuls: see precision_of).
 VARIANTS = {
     "fastbert": Variant("fastbert", "bf16", "packed"),
     "fastbert-bf16-autocast": Variant("fastbert", "bf16-autocast", "packed"),
@@ -214,11 +215,35 @@ VARIANTS = {
 }
 
 
+NO_BF16 = ("this CPU has no bf16 matmul instructions (no AVX512-BF16 / AMX / AVX-512): a bf16 matmul runs a "
+           "reference loop far slower than fp32, so fastbert trains in fp32 here (the driver's precision auto)")
+
+
+def precision_of(variant: str, device: torch.device) -> str:
+    """The precision a variant runs on `device`: its own, except that "fastbert" (bf16 weights) runs in fp32 on a
+    device without bf16 matmuls, as the training driver's precision auto does."""
+    p = VARIANTS[variant].precision
+    return "fp32" if variant == "fastbert" and not backend.bf16_matmuls(device) else p
+
+
+def timed_skip(variant: str, device: torch.device) -> str | None:
+    """Why a timed run leaves `variant` out on `device` (None: it runs): on a device without bf16 matmuls, every
+    bf16 variant (nothing a user would train with there) and fastbert-fp32 (the same as fastbert there).
+    Quick mode runs every variant (it checks that each works, not how fast)."""
+    if QUICK or backend.bf16_matmuls(device):
+        return None
+    if variant == "fastbert-fp32":
+        return "the same as fastbert on this device (no bf16 matmuls: fastbert trains in fp32)"
+    return NO_BF16 if precision_of(variant, device) != "fp32" else None
+
+
 class Runner:
     """One model variant with its task heads and optimizer: train steps and inference on LayoutBatches."""
 
-    def __init__(self, variant: str, shape: str, device: torch.device, weights=None):
-        impl, self.precision, self.layout = VARIANTS[variant]
+    def __init__(self, variant: str, shape: str, device: torch.device, weights=None, precision: str | None = None):
+        """precision: the variant's own where not given (precision_of)."""
+        impl, _, self.layout = VARIANTS[variant]
+        self.precision = precision or precision_of(variant, device)
         self.amp = torch.bfloat16 if self.precision == "bf16-autocast" else None
         self.variant, self.device = variant, device
         config = model_config(shape)

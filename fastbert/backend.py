@@ -61,6 +61,15 @@ def use_backend(name: str | None):
         stack.pop()
 
 
+def bf16_matmuls(device: torch.device) -> bool:
+    """Whether `device` multiplies bf16 matrices in hardware: a CUDA GPU with bf16, or a CPU whose oneDNN has a
+    bf16 path (AVX512-BF16 / AMX, or AVX-512 emulation). Elsewhere (e.g. an AVX2-only CPU) a bf16 matmul runs
+    a reference loop, far slower than fp32: training's precision "auto" then picks fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from fastbert import backend
 from fastbert.data.batching import Loader, Stream, TaskBatch
 from fastbert.tasks.base import Encode
 from fastbert.train import checkpoint, distributed, optim, routines
@@ -71,8 +72,8 @@ def precision(cfg: dict, device: torch.device) -> str:
     fused = optim.name(cfg, device) == "fused_adamw"
     if p == "auto":
         if device.type == "cuda":
-            return "bf16-autocast" if torch.cuda.is_bf16_supported() else "fp16"
-        if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+            return "bf16-autocast" if backend.bf16_matmuls(device) else "fp16"
+        if not backend.bf16_matmuls(device):
             return "fp32"
         return "bf16" if fused else "bf16-autocast"
     if p == "fp16" and device.type != "cuda":

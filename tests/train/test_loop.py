@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fastbert import BertConfig, BertModel, BertTokenizer
+from fastbert import BertConfig, BertModel, BertTokenizer, backend
 from fastbert.train import loop
 
 
@@ -23,11 +23,18 @@ def test_frozen_encode_has_no_gradient_and_no_dropout():
     assert live.requires_grad and not torch.equal(live, a)  # dropout on
 
 
+@pytest.mark.parametrize("has_bf16, resolved", [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_follows_the_cpus_bf16_matmuls(monkeypatch, has_bf16, resolved):
+    """auto: bf16 weights where the CPU multiplies bf16 in hardware, fp32 where a bf16 matmul is a slow loop."""
+    monkeypatch.setattr(backend, "bf16_matmuls", lambda device: has_bf16)
+    assert loop.precision({"precision": "auto", "optimizer": "fused_adamw"}, torch.device("cpu")) == resolved
+
+
 @pytest.mark.parametrize("setting, optimizer, resolved", [
     ("fp32", "auto", "fp32"), ("bf16", "fused_adamw", "bf16"), ("bf16-autocast", "adamw", "bf16-autocast"),
     ("auto", "fused_adamw", "bf16"), ("auto", "adamw", "bf16-autocast")])
 def test_precision_settings(setting, optimizer, resolved):
-    if setting == "auto" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if setting == "auto" and not backend.bf16_matmuls(torch.device("cpu")):
         resolved = "fp32"
     assert loop.precision({"precision": setting, "optimizer": optimizer}, torch.device("cpu")) == resolved
     assert loop.autocast_dtype(resolved) == (torch.bfloat16 if resolved == "bf16-autocast" else None)
