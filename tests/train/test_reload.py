@@ -140,3 +140,20 @@ def test_best_holds_weights_only(tmp_path):
     assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["step-00000002", "step-00000003"]
     assert sorted(os.listdir(os.path.join(run, "best"))) == ["config.json", "model.safetensors"]
     assert "trainer.pt" in os.listdir(os.path.join(run, "last"))
+
+
+def _sizes(directory):
+    return {f: os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory)}
+
+
+def test_best_is_weights_only_when_it_is_the_last_step(tiny, tmp_path):
+    trained = run_stage("single", **tiny, task="sst", max_steps=2)  # one evaluation, at the end: best is last
+    run = trained["run_dir"]
+    assert trained["best"]["step"] == 2
+    best, last = _sizes(os.path.join(run, "best")), _sizes(os.path.join(run, "last"))
+    assert "trainer.pt" not in best and "trainer.pt" in last
+    assert best == {f: n for f, n in last.items() if f != "trainer.pt"}  # the same weights, nothing else
+    assert sum(best.values()) < sum(last.values()) / 2  # the optimizer's two moments outweigh the weights
+    resumed = run_stage("single", **tiny, task="sst", max_steps=3, resume=True)  # last/ still resumes
+    assert resumed["step"] == 3 and "trainer.pt" not in os.listdir(os.path.join(run, "best"))
+    assert len(os.listdir(os.path.join(run, "checkpoints"))) == 2
