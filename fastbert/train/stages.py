@@ -339,11 +339,12 @@ def train(cfg: dict) -> dict:
 
 
 def _for_checkpoint(cfg: dict) -> tuple[dict, loop.Model, Run, list[str]]:
-    """(settings, model, run, tasks) of evaluate / predict; settings take the checkpoint's skip_bad_rows."""
+    """(settings, model, run, tasks) of evaluate / predict; skip_bad_rows unset (null) takes the checkpoint's
+    (its run skipped bad rows in the same data files), an explicit true or false stays."""
     source = checkpoint.resolve_dir(cfg["init"]) if cfg["init"] else None
     saved = checkpoint.saved_config(source) if source else None
-    if saved and saved.get("skip_bad_rows"):  # the data the checkpoint was trained on had bad rows skipped
-        cfg = {**cfg, "skip_bad_rows": True}
+    if cfg["skip_bad_rows"] is None:
+        cfg = {**cfg, "skip_bad_rows": bool((saved or {}).get("skip_bad_rows"))}
     # MLM is evaluated on blocks held out of its training data only: a checkpoint is evaluated on the others
     names = [n for n in _eval_names(cfg, saved) if head_settings(cfg, saved, n)["kind"] != "mlm"]
     names = names or ["sst", "quora", "sts"]

@@ -18,15 +18,24 @@ def _common(tiny, tmp_path, name):
             "run_dir": str(tmp_path / name)}
 
 
-def test_evaluate_takes_the_checkpoints_skip_bad_rows(tiny, tmp_path):
+def test_evaluate_takes_the_checkpoints_skip_bad_rows_unless_told(tiny, tmp_path, capsys):
     data = str(tmp_path / "data")
     shutil.copytree(tiny["data_dir"], data)
-    with open(os.path.join(data, "cs224n", "quora-dev.csv"), "a", encoding="utf-8") as f:
+    dev_file = os.path.join(data, "cs224n", "quora-dev.csv")
+    with open(dev_file, "a", encoding="utf-8") as f:
         f.write("99999\tbad-row\tWhat is it?\tWhat is it?\t\n")  # no label, as quora-dev.csv:2062
+    bad_line = len(open(dev_file, encoding="utf-8").read().splitlines())
     trained = run_stage("multitask", **{**tiny, "data_dir": data}, max_steps=2, skip_bad_rows=True)
     ev = run_stage("evaluate", **{**_common(tiny, tmp_path, "ev"), "data_dir": data}, init=trained["run_dir"])
     assert set(ev["dev"]) == {"sst", "quora", "sts"}
     assert "skipped 1 bad rows" in open(os.path.join(ev["run_dir"], "run.log")).read()
+    for stage in ("evaluate", "predict"):  # --skip_bad_rows false wins over the checkpoint's true
+        capsys.readouterr()
+        argv = [stage, "--init", trained["run_dir"], "--data_dir", data, "--run_dir", str(tmp_path / stage),
+                "--threads", "1", "--progress", "false", "--skip_bad_rows", "false"]
+        assert cli.cli(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {dev_file}:{bad_line}: "), err
 
 
 def test_command_line_data_files_win_and_head_conflicts_are_errors(tiny, tmp_path):
