@@ -136,6 +136,43 @@ def test_cosine_quora_head_stores_the_threshold_chosen_on_training_data(tiny, tm
     assert pred.tolist() == (torch.from_numpy(cos) > threshold).long().tolist()
 
 
+def test_cosine_quora_threshold_is_chosen_on_training_pairs_the_run_left_out(tiny, tmp_path):
+    import json
+
+    from fastbert import MultitaskModel, tasks
+    from fastbert.tasks.pair import best_threshold
+    from fastbert.train import stages
+    settings = {**tiny, "task": "quora", "quora": {"loss": "mnr"}, "skip_bad_rows": True, "precision": "fp32",
+                "train_limit": {"quora": 12}}
+    trained = run_stage("single", **settings, max_steps=2)
+    # the split the run made: 12 pairs trained on, the threshold chosen on the others
+    cfg = config.resolve("single", None, {**settings, "run_dir": str(tmp_path / "split")})
+    model = stages.build(cfg, ["quora"])
+    loaders, _ = stages.load_data(cfg, model, None, ["quora"], [])
+    used, held = loaders["quora"].data.ids, model.tasks["quora"].calibration.data.ids
+    every = {e.id: e for e in tasks.read_split("quora", tasks.task_config("quora"), "train", tiny["data_dir"],
+                                                  skipped=[])}
+    assert len(used) == 12 and not set(used) & set(held) and sorted([*used, *held]) == sorted(every)
+    events = [json.loads(line) for line in open(os.path.join(trained["run_dir"], "metrics.jsonl"))]
+    assert {"event": "calibration", "task": "quora", "pairs": len(held), "held_out": True} in events
+    threshold = float(load_file(os.path.join(trained["run_dir"], "best", "heads.safetensors"))["quora.threshold"])
+    assert trained["best"]["dev"]["quora"]["threshold"] == pytest.approx(threshold)
+    table = open(os.path.join(trained["run_dir"], "dev_table.md")).read()
+    assert f"quora: same when cos(u, v) > {threshold:.4f} (chosen on {len(held)} held-out training pairs)" in table
+    ours = MultitaskModel.from_pretrained(trained["run_dir"])
+    a, b = ours.encode([every[i].texts[0] for i in held]), ours.encode([every[i].texts[1] for i in held])
+    cos = torch.nn.functional.cosine_similarity(a, b).numpy()
+    assert threshold == pytest.approx(best_threshold(cos, np.array([every[i].label for i in held])), abs=1e-4)
+
+
+def test_a_fixed_cosine_threshold_is_reported_as_set(tiny):
+    trained = run_stage("single", **tiny, task="quora", quora={"loss": "cosine_mse", "threshold": 0.3},
+                        skip_bad_rows=True, max_steps=1)
+    table = open(os.path.join(trained["run_dir"], "dev_table.md")).read()
+    assert "quora: same when cos(u, v) > 0.3000 (set by quora.threshold)" in table
+    assert "calibration" not in open(os.path.join(trained["run_dir"], "metrics.jsonl")).read()
+
+
 def test_best_holds_weights_only(tmp_path):
     run = str(tmp_path)
     steps = [os.path.join(run, "checkpoints", f"step-{i:08d}") for i in (1, 2, 3)]
