@@ -213,13 +213,14 @@ def hf(run: str, out: str, task: str) -> str:
         warnings.warn(RemoteCodeNotice(
             f"{out}: pooling {pooling!r} has no transformers class (BertForSequenceClassification classifies "
             "tanh(dense([CLS])), fastbert's pooling 'pooler'): load it with AutoModelForSequenceClassification."
-            "from_pretrained(OUT, trust_remote_code=True) (model type 'fastbert', modeling_fastbert.py)"),
+            f"from_pretrained({out!r}, trust_remote_code=True) (model type 'fastbert', modeling_fastbert.py)"),
             stacklevel=2)
     return out
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m fastbert.export", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m fastbert.export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="format", required=True)
     st = sub.add_parser("sentence-transformers", help="a SentenceTransformer directory (embeddings)")
     h = sub.add_parser("hf", help="a transformers sequence-classification directory (one task's head)")

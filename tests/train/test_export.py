@@ -58,7 +58,7 @@ def test_hf_export_gives_the_heads_logits(which, task, request, tmp_path):
     said = [str(n.message) for n in notices if n.category is export.RemoteCodeNotice]
     assert said == ([] if standard else [f"{out}: pooling 'mean' has no transformers class (BertForSequence"
                                          "Classification classifies tanh(dense([CLS])), fastbert's pooling 'pooler'):"
-                                         " load it with AutoModelForSequenceClassification.from_pretrained(OUT, "
+                                         f" load it with AutoModelForSequenceClassification.from_pretrained({out!r}, "
                                          "trust_remote_code=True) (model type 'fastbert', modeling_fastbert.py)"])
     if standard:  # plain transformers, no code of ours
         hf = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
@@ -123,3 +123,22 @@ def test_predict_cli_writes_tsv(mean_run, tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err.strip() == f"error: {path}:1: expected two tab-separated sentences, got 1 field(s)"
     assert predict.main([mean_run, "--task", "nli", "--input", str(path)]) == 2
     assert "unknown task 'nli'" in capsys.readouterr().err
+
+
+def test_predict_cli_input_errors_name_file_and_line(mean_run, tmp_path, capsys):
+    path = tmp_path / "in.txt"
+    cases = [(b"fine\nleft\tright\n", "sst", "2: expected one sentence (no tab: the task takes single sentences), "
+              "got 2 field(s)"),
+             (b"\xef\xbb\xbfHow old?\tWhat age?\nok\t\xff\n", "quora", "2: not UTF-8 text (byte 0xff at 3)")]
+    for data, task, why in cases:
+        path.write_bytes(data)
+        assert predict.main([mean_run, "--task", task, "--input", str(path)]) == 2
+        assert capsys.readouterr().err.strip() == f"error: {path}:{why}"
+    assert predict.main([mean_run, "--task", "sst", "--input", str(tmp_path / "missing.txt")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'missing.txt'}: No such file or directory"
+    path.write_bytes(b"\xef\xbb\xbfHow old?\tWhat age?\n")  # a BOM is not text
+    assert predict.main([mean_run, "--task", "quora", "--input", str(path)]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("How old?\tWhat age?\t")
+    with pytest.raises(SystemExit):
+        predict.main(["--help"])
+    assert "truncated to the run's max_length tokens" in capsys.readouterr().out
