@@ -203,9 +203,9 @@ def hf(run: str, out: str, task: str) -> str:
         conf["architectures"] = ["BertForSequenceClassification"]
     else:
         conf.update(model_type="fastbert", architectures=["FastbertForSequenceClassification"],
-                    fastbert_pooling=pooling,
-                    auto_map={"AutoConfig": "modeling_fastbert.FastbertConfig",
-                              "AutoModelForSequenceClassification": "modeling_fastbert.FastbertForSequenceClassification"})
+                    fastbert_pooling=pooling, auto_map={
+                        "AutoConfig": "modeling_fastbert.FastbertConfig",
+                        "AutoModelForSequenceClassification": "modeling_fastbert.FastbertForSequenceClassification"})
         with open(os.path.join(out, "modeling_fastbert.py"), "w", encoding="utf-8") as f:
             f.write(_MODELING.replace("{pooling}", pooling))
     _write_json(os.path.join(out, "config.json"), conf)
@@ -232,7 +232,10 @@ def main(argv: list[str]) -> int:
     try:
         with warnings.catch_warnings(record=True) as notices:
             warnings.simplefilter("always", RemoteCodeNotice)
-            out = sentence_transformers(args.run, args.out) if args.format != "hf" else hf(args.run, args.out, args.task)
+            if args.format == "hf":
+                out = hf(args.run, args.out, args.task)
+            else:
+                out = sentence_transformers(args.run, args.out)
     except (UserError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -84,8 +84,8 @@ def main(argv: list[str]) -> int:
         else:
             with open(args.input, "rb") as f:
                 inputs = read_inputs(f, args.input, pairs)
-        pred = model.predict(args.task, inputs, batch_size=args.batch_size).cpu()
         proba = model.predict_proba(args.task, inputs, batch_size=args.batch_size).cpu() if args.proba else None
+        pred = model.predict(args.task, inputs, batch_size=args.batch_size).cpu()
     except (UserError, ValueError, TypeError, OSError) as e:
         print(f"error: {describe(e)}", file=sys.stderr)
         return 2

@@ -63,7 +63,7 @@ def save_best(run_dir: str, step_dir: str) -> str:
     its files but RESUME_ONLY, hard-linked (copied where the file system has no hard links)."""
     final = os.path.join(run_dir, "checkpoints", "best-" + os.path.basename(step_dir).removeprefix("step-"))
     if not os.path.isdir(final):
-        tmp = os.path.join(os.path.dirname(final), "." + os.path.basename(final))
+        tmp = os.path.join(os.path.dirname(final), ".tmp-" + os.path.basename(final))
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             os.makedirs(tmp)

@@ -39,7 +39,7 @@ DEFAULTS = {
     "max_length": 128,  # tokens per sequence (a pair counts once for a cross-encoder)
     # data
     "data_dir": None,  # None: $FASTBERT_DATA, else ../shared/data from the current dir or the repo root
-    "skip_bad_rows": None,  # skip (and count in run.log) malformed rows instead of stopping; null: false, but evaluate / predict take the checkpoint's
+    "skip_bad_rows": None,  # skip (and count in run.log) malformed rows; null: no (evaluate/predict: as the checkpoint)
     "train_limit": None,  # training examples per task (an int, or {task: int}): a seeded random subset
     "eval_limit": None,  # dev examples per task, likewise (for quick runs; the dev table says so)
     # tasks and how they are combined
