@@ -6,10 +6,13 @@
         max_length (sentence_bert_config.json). It embeds like MultitaskModel.encode.
     python -m fastbert.export hf RUN OUT --task sst
         a directory transformers.AutoModelForSequenceClassification loads with the task's logits: a
-        single-sentence classifier or a cross-encoder pair task (classes, or one score for STS). Pooling
-        "pooler" is BertForSequenceClassification itself; mean or cls pooling need the small model class
-        written beside the weights (modeling_fastbert.py): load with trust_remote_code=True. A bi-encoder
-        head (Sentence-BERT) is not a sequence classifier: export sentence-transformers instead.
+        single-sentence classifier or a cross-encoder pair task (classes, or one unclipped score for
+        STS). Pooling "pooler" is BertForSequenceClassification itself (it classifies tanh(dense([CLS])));
+        no transformers class pools by mean or takes [CLS] without that layer, so mean or cls pooling is
+        written as model type "fastbert" with its class beside the weights (modeling_fastbert.py): load
+        with trust_remote_code=True (without it transformers refuses, instead of loading the wrong
+        function); the export says so in one line. A bi-encoder head (Sentence-BERT), an MLM or SimCSE
+        head is not a sequence classifier: export sentence-transformers for the embeddings instead.
 
 RUN: a run directory (its best/ checkpoint), a chain's root or a checkpoint directory.
 """
@@ -19,6 +22,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 
 import torch
 from safetensors.torch import save_file
@@ -36,6 +40,10 @@ _TOKENIZER_CONFIG = {"tokenizer_class": "BertTokenizer", "unk_token": "[UNK]",
 
 class ExportError(UserError, ValueError):
     pass
+
+
+class RemoteCodeNotice(UserWarning):
+    """An export that transformers loads only with trust_remote_code=True (the CLI prints it as one line)."""
 
 
 def _source(run: str) -> tuple[str, dict]:
@@ -110,11 +118,14 @@ def _classifier(src: str, cfg: dict, task: str):
     if task not in known:
         raise ExportError(f"the run has no head for task {task!r} (it has: {', '.join(known) or 'none'})")
     settings = config.task_settings(cfg, task)
+    if settings["kind"] not in ("classify", "pair", "similarity"):
+        raise ExportError(f"task {task!r} is a {settings['kind']} head, not a sequence classifier: export "
+                          "sentence-transformers for the encoder's embeddings")
     head = tasks_mod.build(task, settings, BertConfig.from_json(src))
-    if settings["kind"] not in ("classify", "pair", "similarity") or not head.cross and settings["kind"] != "classify":
-        raise ExportError(f"task {task!r} is a {settings.get('encoder', 'bi')}-encoder {settings['kind']} head "
-                          "(Sentence-BERT): transformers' sequence classification has no form for it; export "
-                          "sentence-transformers for its embeddings, or use fastbert.MultitaskModel")
+    if settings["kind"] != "classify" and not head.cross:
+        raise ExportError(f"task {task!r} is a bi-encoder {settings['kind']} head (Sentence-BERT): transformers' "
+                          "sequence classification has no form for it; export sentence-transformers for its "
+                          "embeddings, or use fastbert.MultitaskModel")
     holder = torch.nn.Module()
     holder.tasks = torch.nn.ModuleDict({task: head})
     if task not in checkpoint.load_heads(src, holder):
@@ -122,13 +133,23 @@ def _classifier(src: str, cfg: dict, task: str):
     return head, settings
 
 
-_MODELING = '''"""Written by fastbert.export: BERT, {pooling} pooling, a linear classifier (as fastbert trained it)."""
+_MODELING = '''"""Written by fastbert.export: BERT, {pooling} pooling, a linear classifier (as fastbert trained it).
+
+Model type "fastbert" (not "bert"): transformers' own BertForSequenceClassification classifies
+tanh(dense([CLS])), another function of the same weights; loading this directory needs trust_remote_code=True.
+"""
 import torch
-from transformers import BertModel, BertPreTrainedModel
+from transformers import BertConfig, BertModel, BertPreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 
+class FastbertConfig(BertConfig):
+    model_type = "fastbert"
+
+
 class FastbertForSequenceClassification(BertPreTrainedModel):
+    config_class = FastbertConfig
+
     def __init__(self, config):
         super().__init__(config)
         self.num_labels = config.num_labels
@@ -157,7 +178,8 @@ class FastbertForSequenceClassification(BertPreTrainedModel):
 
 
 def hf(run: str, out: str, task: str) -> str:
-    """Write a transformers sequence-classification directory for one task's head; returns `out`."""
+    """Write a transformers sequence-classification directory for one task's head; returns `out`. Pooling
+    mean or cls: a RemoteCodeNotice says that loading it needs trust_remote_code=True."""
     src, cfg = _source(run)
     head, settings = _classifier(src, cfg, task)
     linear = head.head[-1]
@@ -180,17 +202,25 @@ def hf(run: str, out: str, task: str) -> str:
     if pooling == "pooler":
         conf["architectures"] = ["BertForSequenceClassification"]
     else:
-        conf.update(architectures=["FastbertForSequenceClassification"], fastbert_pooling=pooling,
-                    auto_map={"AutoModelForSequenceClassification":
-                              "modeling_fastbert.FastbertForSequenceClassification"})
+        conf.update(model_type="fastbert", architectures=["FastbertForSequenceClassification"],
+                    fastbert_pooling=pooling, auto_map={
+                        "AutoConfig": "modeling_fastbert.FastbertConfig",
+                        "AutoModelForSequenceClassification": "modeling_fastbert.FastbertForSequenceClassification"})
         with open(os.path.join(out, "modeling_fastbert.py"), "w", encoding="utf-8") as f:
             f.write(_MODELING.replace("{pooling}", pooling))
     _write_json(os.path.join(out, "config.json"), conf)
+    if pooling != "pooler":
+        warnings.warn(RemoteCodeNotice(
+            f"{out}: pooling {pooling!r} has no transformers class (BertForSequenceClassification classifies "
+            "tanh(dense([CLS])), fastbert's pooling 'pooler'): load it with AutoModelForSequenceClassification."
+            f"from_pretrained({out!r}, trust_remote_code=True) (model type 'fastbert', modeling_fastbert.py)"),
+            stacklevel=2)
     return out
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m fastbert.export", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m fastbert.export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="format", required=True)
     st = sub.add_parser("sentence-transformers", help="a SentenceTransformer directory (embeddings)")
     h = sub.add_parser("hf", help="a transformers sequence-classification directory (one task's head)")
@@ -200,10 +230,20 @@ def main(argv: list[str]) -> int:
     h.add_argument("--task", required=True, help="the task whose head to export (sst, a cross-encoder quora, ...)")
     args = p.parse_args(argv)
     try:
-        out = sentence_transformers(args.run, args.out) if args.format != "hf" else hf(args.run, args.out, args.task)
+        with warnings.catch_warnings(record=True) as notices:
+            warnings.simplefilter("always", RemoteCodeNotice)
+            if args.format == "hf":
+                out = hf(args.run, args.out, args.task)
+            else:
+                out = sentence_transformers(args.run, args.out)
     except (UserError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for n in notices:
+        if issubclass(n.category, RemoteCodeNotice):
+            print(f"note: {n.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(n.message, n.category, n.filename, n.lineno)
     print(out)
     return 0
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -164,6 +164,8 @@ class MultitaskModel(nn.Module):
 def _texts(texts, what: str) -> list[str]:
     if isinstance(texts, str):
         raise TypeError(f"{what} takes a list of texts, got a single string; wrap it in a list")
+    if not isinstance(texts, Iterable):
+        raise TypeError(f"{what} takes a list of texts, got {type(texts).__name__}")
     texts = list(texts)
     bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
     if bad is not None:
@@ -174,9 +176,11 @@ def _texts(texts, what: str) -> list[str]:
 def _examples(head, task: str, inputs) -> list[Example]:
     """Examples of the head's shape: one text (classify) or two (pair / similarity)."""
     k = _arity(head)
+    takes = f"task {task!r} takes a list of {'sentences' if k == 1 else '(sentence, sentence) pairs'}"
     if isinstance(inputs, (str, tuple)) and not (k == 1 and isinstance(inputs, tuple)):
-        raise TypeError(f"task {task!r} takes a list of {'sentences' if k == 1 else '(sentence, sentence) pairs'}, "
-                        f"got a single {type(inputs).__name__}; wrap it in a list")
+        raise TypeError(f"{takes}, got a single {type(inputs).__name__}; wrap it in a list")
+    if not isinstance(inputs, Iterable):
+        raise TypeError(f"{takes}, got {type(inputs).__name__}")
     out = []
     for i, x in enumerate(inputs):
         texts = (x,) if isinstance(x, str) else tuple(x) if isinstance(x, (list, tuple)) else None

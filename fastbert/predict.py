@@ -3,17 +3,18 @@
     python -m fastbert.predict RUN --task sst --input reviews.txt        # one sentence a line
     printf 'How old are you?\\tWhat is your age?\\n' | python -m fastbert.predict RUN --task quora --input -
 
-Input: one sentence a line (single-sentence tasks), or two tab-separated sentences a line (pair tasks);
-blank lines are skipped. Output: a header, then the input's columns and the prediction (class id, or the
-score for STS), with --proba the class probabilities too. RUN: a run directory, a chain's root or a
-checkpoint directory (see fastbert.MultitaskModel).
+Input: UTF-8 text, one sentence a line (single-sentence tasks), or two tab-separated sentences a line
+(pair tasks); blank lines are skipped; a line of another shape, or not UTF-8, stops with file:line. Each
+text is truncated to the run's max_length tokens, as in training. Output: a header, then the input's
+columns and the prediction (class id, or the score for STS), with --proba the class probabilities too.
+RUN: a run directory, a chain's root or a checkpoint directory (see fastbert.MultitaskModel).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from fastbert.errors import UserError
+from fastbert.errors import UserError, describe
 
 
 class InputError(UserError, ValueError):
@@ -21,19 +22,24 @@ class InputError(UserError, ValueError):
 
 
 def read_inputs(lines, source: str, pairs: bool) -> list:
-    """Sentences, or (sentence, sentence) pairs, of the non-blank lines; InputError names file:line."""
+    """Sentences, or (sentence, sentence) pairs, of the non-blank lines (bytes are decoded as UTF-8, a BOM
+    dropped); InputError names file:line."""
     out = []
     for n, line in enumerate(lines, 1):
+        if isinstance(line, bytes):
+            try:
+                line = line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{source}:{n}: not UTF-8 text (byte {line[e.start]:#04x} at {e.start})") from None
+        line = line.removeprefix("\ufeff") if n == 1 else line
         line = line.rstrip("\r\n")
         if not line.strip():
             continue
-        if pairs:
-            fields = line.split("\t")
-            if len(fields) != 2:
-                raise InputError(f"{source}:{n}: expected two tab-separated sentences, got {len(fields)} field(s)")
-            out.append((fields[0], fields[1]))
-        else:
-            out.append(line)
+        fields = line.split("\t")
+        if len(fields) != (2 if pairs else 1):
+            want = "two tab-separated sentences" if pairs else "one sentence (no tab: the task takes single sentences)"
+            raise InputError(f"{source}:{n}: expected {want}, got {len(fields)} field(s)")
+        out.append((fields[0], fields[1]) if pairs else line)
     return out
 
 
@@ -59,7 +65,8 @@ def write_tsv(out, inputs: list, pred, proba=None) -> None:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m fastbert.predict", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m fastbert.predict", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="a run directory, a chain's root or a checkpoint directory")
     p.add_argument("--task", required=True, help="the task whose head predicts (sst, quora, sts, ...)")
     p.add_argument("--input", required=True, help="a text file, or - for stdin")
@@ -73,14 +80,14 @@ def main(argv: list[str]) -> int:
         model = MultitaskModel.from_pretrained(args.run, precision=args.precision)
         pairs = model.takes_pairs(args.task)
         if args.input == "-":
-            inputs = read_inputs(sys.stdin, "<stdin>", pairs)
+            inputs = read_inputs(getattr(sys.stdin, "buffer", sys.stdin), "<stdin>", pairs)
         else:
-            with open(args.input, encoding="utf-8") as f:
+            with open(args.input, "rb") as f:
                 inputs = read_inputs(f, args.input, pairs)
-        pred = model.predict(args.task, inputs, batch_size=args.batch_size).cpu()
         proba = model.predict_proba(args.task, inputs, batch_size=args.batch_size).cpu() if args.proba else None
-    except (UserError, ValueError, TypeError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        pred = model.predict(args.task, inputs, batch_size=args.batch_size).cpu()
+    except (UserError, ValueError, TypeError, OSError) as e:
+        print(f"error: {describe(e)}", file=sys.stderr)
         return 2
     write_tsv(sys.stdout, inputs, pred, proba)
     return 0

@@ -7,9 +7,10 @@ encoder: "cross"  one sequence [CLS] a [SEP] b [SEP] -> dropout + linear -> cros
                     contrastive  margin loss on cosine distance             (binary labels)
                     mnr          multiple negatives ranking over positive pairs (binary labels)
 The cosine losses predict "same" when cos(u, v) > threshold: a fixed `threshold` setting, else the one
-with the best accuracy on up to CALIBRATION training pairs (`calibration`, set by the training driver),
-chosen again before each evaluation and saved with the head (buffer `threshold`; before any choice: 0.5,
-or for the margin loss halfway between the positives' distance 0 and the margin, 1 - margin / 2).
+with the best accuracy on up to CALIBRATION labelled training pairs (`calibration`, set by the training
+driver: pairs the run does not train on where train_limit leaves enough), chosen again before each
+evaluation and saved with the head (buffer `threshold`; before any choice: 0.5, or for the margin loss
+halfway between the positives' distance 0 and the margin, 1 - margin / 2); `threshold_origin` says which.
 """
 from __future__ import annotations
 
@@ -72,6 +73,7 @@ class PairClassify(Task):
         threshold = cfg.get("threshold")
         self.fixed_threshold = threshold is not None
         self.calibration = None  # a Loader of training pairs the threshold is chosen on (cosine losses)
+        self.threshold_origin = f"set by {name}.threshold" if self.fixed_threshold else "as loaded, else the default"
         if self.loss_name != "softmax":
             default = threshold if threshold is not None else (
                 1.0 - cfg["margin"] / 2 if self.loss_name == "contrastive" else 0.5)

@@ -5,13 +5,14 @@
                                         head included, when the run trains an MLM head), tokenizer.json
         heads.safetensors               the other task heads, keys "<task>.<parameter>"
         trainer.pt                      step, optimizer, scheduler, loss scaler, RNG states, data positions,
-                                        routine state, best score (what --resume needs; `last` only: a
-                                        `best` that is not `last` holds the weights alone)
+                                        routine state, best score (what --resume needs)
         fastbert.yaml                   the run's resolved settings (evaluate / predict rebuild tasks from it)
-    run_dir/last, run_dir/best          symlinks to step directories
+    run_dir/checkpoints/best-00000120/  the same files but trainer.pt (hard links where the file system has
+                                        them): the weights alone
+    run_dir/last, run_dir/best          symlinks to a step directory and to a best directory
 
-A step directory is written under a temporary name and renamed when complete; the links are replaced
-with os.replace. A run killed at any moment leaves a complete `last` (or, between two renames, a
+A step or best directory is written under a temporary name and renamed when complete; the links are
+replaced with os.replace. A run killed at any moment leaves a complete `last` (or, between two renames, a
 complete newest step directory, which `find_last` falls back to).
 """
 from __future__ import annotations
@@ -28,6 +29,9 @@ from fastbert import pretrained
 from fastbert._io import atomic_write
 from fastbert.errors import CheckpointError, NotFoundError, WriteError
 from fastbert.model import BertForMaskedLM
+
+
+RESUME_ONLY = ("trainer.pt",)  # what a resume needs besides the weights: in step directories, never in best/
 
 
 def _step_dir(run_dir: str, step: int) -> str:
@@ -52,6 +56,33 @@ def save(run_dir: str, step: int, model, trainer: dict, cfg: dict) -> str:
         os.rename(tmp, final)
     link(run_dir, "last", final)
     return final
+
+
+def save_best(run_dir: str, step_dir: str) -> str:
+    """Point `best` at a weights-only copy of the step directory `step_dir` (written unless already there):
+    its files but RESUME_ONLY, hard-linked (copied where the file system has no hard links)."""
+    final = os.path.join(run_dir, "checkpoints", "best-" + os.path.basename(step_dir).removeprefix("step-"))
+    if not os.path.isdir(final):
+        tmp = os.path.join(os.path.dirname(final), ".tmp-" + os.path.basename(final))
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            os.makedirs(tmp)
+            for name in os.listdir(step_dir):
+                if name not in RESUME_ONLY:
+                    _link_or_copy(os.path.join(step_dir, name), os.path.join(tmp, name))
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise WriteError(f"cannot save the best checkpoint {final}: " + _cause(e)) from e
+        os.rename(tmp, final)
+    link(run_dir, "best", final)
+    return final
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _cause(e: OSError) -> str:
@@ -166,16 +197,18 @@ def link(run_dir: str, name: str, target: str) -> None:
 
 
 def prune(run_dir: str) -> None:
-    """Delete step directories that neither `last` nor `best` points at, and the trainer state (optimizer
-    moments: most of a checkpoint's size) of a `best` that is no longer `last`: only `last` is resumed."""
+    """Delete the directories that neither `last` nor `best` points at; a `best` that is an older run's step
+    directory (written before best/ had its own) loses its trainer state: only `last` is resumed."""
     last, best = (os.path.realpath(os.path.join(run_dir, n)) for n in ("last", "best"))
     root = os.path.join(run_dir, "checkpoints")
     for d in os.listdir(root):
         path = os.path.join(root, d)
         if os.path.realpath(path) not in (last, best):
             shutil.rmtree(path, ignore_errors=True)
-    if best != last and os.path.exists(os.path.join(best, "trainer.pt")):
-        os.unlink(os.path.join(best, "trainer.pt"))
+    if best != last:
+        for name in RESUME_ONLY:
+            if os.path.exists(os.path.join(best, name)):
+                os.unlink(os.path.join(best, name))
 
 
 def find_last(run_dir: str) -> str | None:

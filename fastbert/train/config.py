@@ -39,7 +39,7 @@ DEFAULTS = {
     "max_length": 128,  # tokens per sequence (a pair counts once for a cross-encoder)
     # data
     "data_dir": None,  # None: $FASTBERT_DATA, else ../shared/data from the current dir or the repo root
-    "skip_bad_rows": False,  # skip (and count in run.log) malformed rows instead of stopping
+    "skip_bad_rows": None,  # skip (and count in run.log) malformed rows; null: no (evaluate/predict: as the checkpoint)
     "train_limit": None,  # training examples per task (an int, or {task: int}): a seeded random subset
     "eval_limit": None,  # dev examples per task, likewise (for quick runs; the dev table says so)
     # tasks and how they are combined
@@ -167,7 +167,8 @@ RULES: dict[str, Rule] = {
     "pooling": _one_of(POOLING),
     "max_length": _int(1),
     "data_dir": _text("$FASTBERT_DATA or shared/data"),
-    "skip_bad_rows": _BOOL,
+    "skip_bad_rows": Rule("true, false, or null (false; evaluate / predict: the checkpoint's)",
+                          lambda v: v is None or isinstance(v, bool)),
     "train_limit": _LIMIT,
     "eval_limit": _LIMIT,
     "task": _text("no single task"),

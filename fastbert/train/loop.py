@@ -252,14 +252,14 @@ class Trainer:
             self.run.record(rec)
 
     def save(self, best: bool = False) -> None:
-        """A checkpoint of this step (the fp32 master weights, not their bf16 roundings); `best`: link it as
-        run_dir/best too."""
+        """A checkpoint of this step (the fp32 master weights, not their bf16 roundings); `best`: its weights
+        as run_dir/best too."""
         if not self.is_main:
             return
         with master_weights(self.opt):
             path = checkpoint.save(self.run.path, self.state.step, self.model, self.state_dict(), self.cfg)
         if best:
-            checkpoint.link(self.run.path, "best", path)
+            checkpoint.save_best(self.run.path, path)
         checkpoint.prune(self.run.path)
 
     def save_and_stop(self) -> None:

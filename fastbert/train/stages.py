@@ -48,9 +48,16 @@ def _limit(cfg: dict, key: str, name: str):
 
 
 def _subset(data: Encoded, n, seed) -> Encoded:
+    return _split(data, n, seed)[0]
+
+
+def _split(data: Encoded, n, seed) -> tuple[Encoded, Encoded | None]:
+    """(a seeded random subset of n examples, in file order, the others): (data, None) when n is None or
+    not below len(data)."""
     if n is None or n >= len(data):
-        return data
-    return data.subset(np.sort(np.random.default_rng(seed).choice(len(data), int(n), replace=False)))
+        return data, None
+    chosen = np.sort(np.random.default_rng(seed).choice(len(data), int(n), replace=False))
+    return data.subset(chosen), data.subset(np.setdiff1d(np.arange(len(data)), chosen))
 
 
 def build(cfg: dict, names: list[str], source: str | None = None) -> loop.Model:
@@ -157,14 +164,15 @@ def load_data(cfg: dict, model: loop.Model, run: Run | None, train: list[str], e
     for name in train:
         s = model.tasks[name].cfg
         # limits count what the task trains on (SimCSE triplets, MLM blocks), so they apply after encoding
-        data = _subset(_encode(model, name, read(name, "train")), _limit(cfg, "train_limit", name), _seed(cfg, name))
+        data, left_out = _split(_encode(model, name, read(name, "train")), _limit(cfg, "train_limit", name),
+                                _seed(cfg, name))
         if s["kind"] == "mlm":  # dev: a held-out share of the blocks
             n_dev = max(1, int(round(s["holdout"] * len(data)))) if s["holdout"] > 0 and len(data) > 1 else 0
             order = np.random.default_rng(_seed(cfg, name)).permutation(len(data))
             held_out[name], data = data.subset(np.sort(order[:n_dev])), data.subset(np.sort(order[n_dev:]))
         loaders[name] = Loader(data, model.tokenizer, s["batch_size"], shuffle=True, seed=_seed(cfg, name),
                                packed=cfg["packed"], shard=shard)
-        _set_calibration(cfg, model, name, data)
+        _set_calibration(cfg, model, name, data, left_out, run)
         log(f"{name}: {len(data)} training examples, {len(loaders[name])} batches of {s['batch_size']}")
     out = {}
     for split in splits:
@@ -187,13 +195,22 @@ def load_data(cfg: dict, model: loop.Model, run: Run | None, train: list[str], e
     return loaders, out
 
 
-def _set_calibration(cfg: dict, model: loop.Model, name: str, data: Encoded) -> None:
-    """A task that picks its decision threshold on training data (pair: cosine losses) gets a seeded slice of
-    it, in evaluation batches."""
+def _set_calibration(cfg: dict, model: loop.Model, name: str, trained: Encoded, left_out: Encoded | None,
+                     run: Run | None) -> None:
+    """A task that picks its decision threshold on labelled training pairs (pair: cosine losses) gets a seeded
+    slice of up to CALIBRATION of them, in evaluation batches: pairs of the training file the run does not
+    train on (train_limit left them out) where there are as many as the trained ones would give, else
+    trained pairs. Where it was chosen goes to run.log and metrics.jsonl (event "calibration")."""
     task = model.tasks[name]
-    if getattr(task, "calibrates", False):
-        part = _subset(data, pair_task.CALIBRATION, _seed(cfg, name) + 1)
-        task.calibration = Loader(part, model.tokenizer, cfg["eval_batch_size"], shuffle=False, packed=cfg["packed"])
+    if not getattr(task, "calibrates", False):
+        return
+    held_out = left_out is not None and len(left_out) >= min(pair_task.CALIBRATION, len(trained))
+    part = _subset(left_out if held_out else trained, pair_task.CALIBRATION, _seed(cfg, name) + 1)
+    task.calibration = Loader(part, model.tokenizer, cfg["eval_batch_size"], shuffle=False, packed=cfg["packed"])
+    task.threshold_origin = f"chosen on {len(part)} {'held-out ' if held_out else ''}training pairs"
+    if run:
+        run.log(f"{name}: decision threshold {task.threshold_origin}")
+        run.record({"event": "calibration", "task": name, "pairs": len(part), "held_out": held_out})
 
 
 def _eval_names(cfg: dict, saved: dict | None = None) -> list[str]:
@@ -323,7 +340,7 @@ def train(cfg: dict) -> dict:
     best = state["best"]
     note = (f"best checkpoint: step {best['step']} of {state['step']}"
             + (f"; dev limited to {cfg['eval_limit']} examples per task" if cfg["eval_limit"] else "")
-            + "".join(f"; {t}: same when cos(u, v) > {m['threshold']:.4f} (chosen on training pairs)"
+            + "".join(f"; {t}: same when cos(u, v) > {m['threshold']:.4f} ({model.tasks[t].threshold_origin})"
                       for t, m in best["dev"].items() if "threshold" in m))
     table = dev_table(best["dev"], {t: model.tasks[t].metric for t in best["dev"]}, note)
     if distributed.is_main():
@@ -339,11 +356,12 @@ def train(cfg: dict) -> dict:
 
 
 def _for_checkpoint(cfg: dict) -> tuple[dict, loop.Model, Run, list[str]]:
-    """(settings, model, run, tasks) of evaluate / predict; settings take the checkpoint's skip_bad_rows."""
+    """(settings, model, run, tasks) of evaluate / predict; skip_bad_rows unset (null) takes the checkpoint's
+    (its run skipped bad rows in the same data files), an explicit true or false stays."""
     source = checkpoint.resolve_dir(cfg["init"]) if cfg["init"] else None
     saved = checkpoint.saved_config(source) if source else None
-    if saved and saved.get("skip_bad_rows"):  # the data the checkpoint was trained on had bad rows skipped
-        cfg = {**cfg, "skip_bad_rows": True}
+    if cfg["skip_bad_rows"] is None:
+        cfg = {**cfg, "skip_bad_rows": bool((saved or {}).get("skip_bad_rows"))}
     # MLM is evaluated on blocks held out of its training data only: a checkpoint is evaluated on the others
     names = [n for n in _eval_names(cfg, saved) if head_settings(cfg, saved, n)["kind"] != "mlm"]
     names = names or ["sst", "quora", "sts"]

@@ -1,6 +1,7 @@
 """Exports load in the real libraries and compute what fastbert computes; the predict CLI writes TSV."""
 import io
 import os
+import warnings
 
 import pytest
 import torch
@@ -50,11 +51,24 @@ def test_sentence_transformers_export_embeds_like_encode(which, request, tmp_pat
 def test_hf_export_gives_the_heads_logits(which, task, request, tmp_path):
     transformers = pytest.importorskip("transformers")
     run = request.getfixturevalue(which)
-    out = export.hf(run, str(tmp_path / "hf"), task)
-    hf = transformers.AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=True).eval()
-    if which == "pooler_run":
+    standard = which == "pooler_run"  # BertForSequenceClassification pools tanh(dense([CLS])): pooling pooler
+    with warnings.catch_warnings(record=True) as notices:
+        warnings.simplefilter("always")
+        out = export.hf(run, str(tmp_path / "hf"), task)
+    said = [str(n.message) for n in notices if n.category is export.RemoteCodeNotice]
+    assert said == ([] if standard else [f"{out}: pooling 'mean' has no transformers class (BertForSequence"
+                                         "Classification classifies tanh(dense([CLS])), fastbert's pooling 'pooler'):"
+                                         f" load it with AutoModelForSequenceClassification.from_pretrained({out!r}, "
+                                         "trust_remote_code=True) (model type 'fastbert', modeling_fastbert.py)"])
+    if standard:  # plain transformers, no code of ours
+        hf = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
         assert type(hf).__name__ == "BertForSequenceClassification"
-    tok = transformers.AutoTokenizer.from_pretrained(out)
+    else:  # refused without trust_remote_code, not loaded as a BertForSequenceClassification with a random pooler
+        with pytest.raises(ValueError, match="trust_remote_code=True"):
+            transformers.AutoModelForSequenceClassification.from_pretrained(out)
+        hf = transformers.AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=True).eval()
+        assert type(hf).__name__ == "FastbertForSequenceClassification"
+    tok = transformers.AutoTokenizer.from_pretrained(out, trust_remote_code=not standard)
     ours = MultitaskModel.from_pretrained(run)
     inputs = TEXTS if task == "sst" else PAIRS
     args = ([x[0] for x in inputs], [x[1] for x in inputs]) if task == "sts" else (inputs,)
@@ -66,6 +80,15 @@ def test_hf_export_gives_the_heads_logits(which, task, request, tmp_path):
     else:
         assert logits.shape == (2, 1)
         torch.testing.assert_close(logits[:, 0].clamp(0, 5), ours.predict(task, inputs), atol=1e-5, rtol=1e-4)
+
+
+def test_export_cli_says_in_one_line_what_loading_needs(mean_run, pooler_run, tmp_path, capsys):
+    assert export.main(["hf", mean_run, str(tmp_path / "mean"), "--task", "sst"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"note: {tmp_path / 'mean'}: pooling 'mean' has no transformers class")
+    assert "trust_remote_code=True" in err[0]
+    assert export.main(["hf", pooler_run, str(tmp_path / "pooler"), "--task", "sst"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_export_errors(mean_run, tmp_path, capsys):
@@ -100,3 +123,22 @@ def test_predict_cli_writes_tsv(mean_run, tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err.strip() == f"error: {path}:1: expected two tab-separated sentences, got 1 field(s)"
     assert predict.main([mean_run, "--task", "nli", "--input", str(path)]) == 2
     assert "unknown task 'nli'" in capsys.readouterr().err
+
+
+def test_predict_cli_input_errors_name_file_and_line(mean_run, tmp_path, capsys):
+    path = tmp_path / "in.txt"
+    cases = [(b"fine\nleft\tright\n", "sst", "2: expected one sentence (no tab: the task takes single sentences), "
+              "got 2 field(s)"),
+             (b"\xef\xbb\xbfHow old?\tWhat age?\nok\t\xff\n", "quora", "2: not UTF-8 text (byte 0xff at 3)")]
+    for data, task, why in cases:
+        path.write_bytes(data)
+        assert predict.main([mean_run, "--task", task, "--input", str(path)]) == 2
+        assert capsys.readouterr().err.strip() == f"error: {path}:{why}"
+    assert predict.main([mean_run, "--task", "sst", "--input", str(tmp_path / "missing.txt")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'missing.txt'}: No such file or directory"
+    path.write_bytes(b"\xef\xbb\xbfHow old?\tWhat age?\n")  # a BOM is not text
+    assert predict.main([mean_run, "--task", "quora", "--input", str(path)]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("How old?\tWhat age?\t")
+    with pytest.raises(SystemExit):
+        predict.main(["--help"])
+    assert "truncated to the run's max_length tokens" in capsys.readouterr().out

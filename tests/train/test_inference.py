@@ -82,6 +82,10 @@ def test_paths_precision_and_errors(trained, tmp_path):
         best.predict("sts", [("a", "b"), "c"])
     with pytest.raises(TypeError, match="wrap it in a list"):
         best.encode("one text")
+    with pytest.raises(TypeError, match=r"^task 'sst' takes a list of sentences, got NoneType$"):
+        best.predict("sst", None)
+    with pytest.raises(TypeError, match=r"^encode takes a list of texts, got int$"):
+        best.encode(3)
     with pytest.raises(ValueError, match="has no class probabilities"):
         best.predict_proba("sts", [("a", "b")])
     assert best.predict("sst", []).shape == (0,) and best.predict("sts", []).dtype == torch.float32

@@ -18,15 +18,24 @@ def _common(tiny, tmp_path, name):
             "run_dir": str(tmp_path / name)}
 
 
-def test_evaluate_takes_the_checkpoints_skip_bad_rows(tiny, tmp_path):
+def test_evaluate_takes_the_checkpoints_skip_bad_rows_unless_told(tiny, tmp_path, capsys):
     data = str(tmp_path / "data")
     shutil.copytree(tiny["data_dir"], data)
-    with open(os.path.join(data, "cs224n", "quora-dev.csv"), "a", encoding="utf-8") as f:
+    dev_file = os.path.join(data, "cs224n", "quora-dev.csv")
+    with open(dev_file, "a", encoding="utf-8") as f:
         f.write("99999\tbad-row\tWhat is it?\tWhat is it?\t\n")  # no label, as quora-dev.csv:2062
+    bad_line = len(open(dev_file, encoding="utf-8").read().splitlines())
     trained = run_stage("multitask", **{**tiny, "data_dir": data}, max_steps=2, skip_bad_rows=True)
     ev = run_stage("evaluate", **{**_common(tiny, tmp_path, "ev"), "data_dir": data}, init=trained["run_dir"])
     assert set(ev["dev"]) == {"sst", "quora", "sts"}
     assert "skipped 1 bad rows" in open(os.path.join(ev["run_dir"], "run.log")).read()
+    for stage in ("evaluate", "predict"):  # --skip_bad_rows false wins over the checkpoint's true
+        capsys.readouterr()
+        argv = [stage, "--init", trained["run_dir"], "--data_dir", data, "--run_dir", str(tmp_path / stage),
+                "--threads", "1", "--progress", "false", "--skip_bad_rows", "false"]
+        assert cli.cli(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {dev_file}:{bad_line}: "), err
 
 
 def test_command_line_data_files_win_and_head_conflicts_are_errors(tiny, tmp_path):
@@ -127,6 +136,43 @@ def test_cosine_quora_head_stores_the_threshold_chosen_on_training_data(tiny, tm
     assert pred.tolist() == (torch.from_numpy(cos) > threshold).long().tolist()
 
 
+def test_cosine_quora_threshold_is_chosen_on_training_pairs_the_run_left_out(tiny, tmp_path):
+    import json
+
+    from fastbert import MultitaskModel, tasks
+    from fastbert.tasks.pair import best_threshold
+    from fastbert.train import stages
+    settings = {**tiny, "task": "quora", "quora": {"loss": "mnr"}, "skip_bad_rows": True, "precision": "fp32",
+                "train_limit": {"quora": 12}}
+    trained = run_stage("single", **settings, max_steps=2)
+    # the split the run made: 12 pairs trained on, the threshold chosen on the others
+    cfg = config.resolve("single", None, {**settings, "run_dir": str(tmp_path / "split")})
+    model = stages.build(cfg, ["quora"])
+    loaders, _ = stages.load_data(cfg, model, None, ["quora"], [])
+    used, held = loaders["quora"].data.ids, model.tasks["quora"].calibration.data.ids
+    every = {e.id: e for e in tasks.read_split("quora", tasks.task_config("quora"), "train", tiny["data_dir"],
+                                                  skipped=[])}
+    assert len(used) == 12 and not set(used) & set(held) and sorted([*used, *held]) == sorted(every)
+    events = [json.loads(line) for line in open(os.path.join(trained["run_dir"], "metrics.jsonl"))]
+    assert {"event": "calibration", "task": "quora", "pairs": len(held), "held_out": True} in events
+    threshold = float(load_file(os.path.join(trained["run_dir"], "best", "heads.safetensors"))["quora.threshold"])
+    assert trained["best"]["dev"]["quora"]["threshold"] == pytest.approx(threshold)
+    table = open(os.path.join(trained["run_dir"], "dev_table.md")).read()
+    assert f"quora: same when cos(u, v) > {threshold:.4f} (chosen on {len(held)} held-out training pairs)" in table
+    ours = MultitaskModel.from_pretrained(trained["run_dir"])
+    a, b = ours.encode([every[i].texts[0] for i in held]), ours.encode([every[i].texts[1] for i in held])
+    cos = torch.nn.functional.cosine_similarity(a, b).numpy()
+    assert threshold == pytest.approx(best_threshold(cos, np.array([every[i].label for i in held])), abs=1e-4)
+
+
+def test_a_fixed_cosine_threshold_is_reported_as_set(tiny):
+    trained = run_stage("single", **tiny, task="quora", quora={"loss": "cosine_mse", "threshold": 0.3},
+                        skip_bad_rows=True, max_steps=1)
+    table = open(os.path.join(trained["run_dir"], "dev_table.md")).read()
+    assert "quora: same when cos(u, v) > 0.3000 (set by quora.threshold)" in table
+    assert "calibration" not in open(os.path.join(trained["run_dir"], "metrics.jsonl")).read()
+
+
 def test_best_holds_weights_only(tmp_path):
     run = str(tmp_path)
     steps = [os.path.join(run, "checkpoints", f"step-{i:08d}") for i in (1, 2, 3)]
@@ -140,3 +186,20 @@ def test_best_holds_weights_only(tmp_path):
     assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["step-00000002", "step-00000003"]
     assert sorted(os.listdir(os.path.join(run, "best"))) == ["config.json", "model.safetensors"]
     assert "trainer.pt" in os.listdir(os.path.join(run, "last"))
+
+
+def _sizes(directory):
+    return {f: os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory)}
+
+
+def test_best_is_weights_only_when_it_is_the_last_step(tiny, tmp_path):
+    trained = run_stage("single", **tiny, task="sst", max_steps=2)  # one evaluation, at the end: best is last
+    run = trained["run_dir"]
+    assert trained["best"]["step"] == 2
+    best, last = _sizes(os.path.join(run, "best")), _sizes(os.path.join(run, "last"))
+    assert "trainer.pt" not in best and "trainer.pt" in last
+    assert best == {f: n for f, n in last.items() if f != "trainer.pt"}  # the same weights, nothing else
+    assert sum(best.values()) < sum(last.values()) / 2  # the optimizer's two moments outweigh the weights
+    resumed = run_stage("single", **tiny, task="sst", max_steps=3, resume=True)  # last/ still resumes
+    assert resumed["step"] == 3 and "trainer.pt" not in os.listdir(os.path.join(run, "best"))
+    assert len(os.listdir(os.path.join(run, "checkpoints"))) == 2

@@ -23,7 +23,7 @@ def assert_complete(run_dir):
         assert os.path.getsize(os.path.join(run_dir, f)) > 0, f
     for link in ("best", "last"):
         for f in CKPT_FILES:
-            assert os.path.exists(os.path.join(run_dir, link, f)), (link, f)
+            assert os.path.exists(os.path.join(run_dir, link, f)) == (link == "last" or f != "trainer.pt"), (link, f)
     assert len(os.listdir(os.path.join(run_dir, "checkpoints"))) <= 2
 
 
