@@ -84,8 +84,11 @@ def main(argv: list[str]) -> int:
         else:
             with open(args.input, "rb") as f:
                 inputs = read_inputs(f, args.input, pairs)
-        proba = model.predict_proba(args.task, inputs, batch_size=args.batch_size).cpu() if args.proba else None
-        pred = model.predict(args.task, inputs, batch_size=args.batch_size).cpu()
+        if args.proba:  # one pass: a head with probabilities predicts their argmax
+            proba = model.predict_proba(args.task, inputs, batch_size=args.batch_size).cpu()
+            pred = proba.argmax(-1)
+        else:
+            proba, pred = None, model.predict(args.task, inputs, batch_size=args.batch_size).cpu()
     except (UserError, ValueError, TypeError, OSError) as e:
         print(f"error: {describe(e)}", file=sys.stderr)
         return 2
