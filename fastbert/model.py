@@ -8,6 +8,8 @@ Input forms:
   padded  input_ids [B, S] (+ attention_mask, token_type_ids, position_ids)  -> [B, S, hidden]
   packed  input_ids [T] + cu_seqlens (+ token_type_ids, position_ids)        -> [T, hidden]
 With unpad=True (default) a padded batch runs packed inside: no work is spent on padding.
+`embedding_delta` (same layout, [..., hidden]) is added to the embedding layer's output, the encoder's
+input: the perturbation of SMART regularisation (fastbert.tasks.smart).
 """
 from __future__ import annotations
 
@@ -163,11 +165,17 @@ class BertModel(nn.Module):
         pretrained.save_model(self, directory)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                cu_seqlens=None, max_seqlen=None) -> BertOutput:
+                cu_seqlens=None, max_seqlen=None, embedding_delta=None) -> BertOutput:
+        """embedding_delta: None, or a tensor [*input_ids.shape, hidden] added to the embedding layer's output
+        (after its LayerNorm and dropout) in the weights' dtype; its entries at padding are ignored."""
+        if embedding_delta is not None and embedding_delta.shape != (*input_ids.shape, self.config.hidden_size):
+            raise ValueError(f"embedding_delta must have shape {(*input_ids.shape, self.config.hidden_size)} "
+                             f"(input_ids + hidden), got {tuple(embedding_delta.shape)}")
         with _backend.use_backend(self.backend):
             if input_ids.dim() == 1:
-                return self._forward_packed(input_ids, cu_seqlens, max_seqlen, token_type_ids, position_ids)
-            return self._forward_padded(input_ids, attention_mask, token_type_ids, position_ids)
+                return self._forward_packed(input_ids, cu_seqlens, max_seqlen, token_type_ids, position_ids,
+                                            embedding_delta)
+            return self._forward_padded(input_ids, attention_mask, token_type_ids, position_ids, embedding_delta)
 
     def _check_ids(self, input_ids, token_type_ids, position_ids):
         cfg = self.config
@@ -181,7 +189,7 @@ class BertModel(nn.Module):
                 if lo < 0 or hi >= limit:
                     raise ValueError(f"{name} must lie in [0, {limit}); got values in [{lo}, {hi}]")
 
-    def _forward_padded(self, input_ids, attention_mask, token_type_ids, position_ids):
+    def _forward_padded(self, input_ids, attention_mask, token_type_ids, position_ids, delta):
         B, S = input_ids.shape
         if S > self.config.max_position_embeddings:
             raise ValueError(f"sequence length {S} exceeds max_position_embeddings "
@@ -196,7 +204,9 @@ class BertModel(nn.Module):
         if self.unpad:
             ids, indices, cu_seqlens, max_seqlen = padding.unpad_input(input_ids, attention_mask)
             flat = lambda t: t.reshape(-1).index_select(0, indices)  # noqa: E731
-            h = self._encode_packed(ids, flat(token_type_ids), flat(position_ids), cu_seqlens, max_seqlen)
+            if delta is not None:
+                delta = delta.reshape(B * S, -1).index_select(0, indices)
+            h = self._encode_packed(ids, flat(token_type_ids), flat(position_ids), cu_seqlens, max_seqlen, delta)
             h = padding.pad_input(h, indices, B, S)
         else:
             seqlens = attention_mask.sum(1, dtype=torch.int32)
@@ -204,11 +214,11 @@ class BertModel(nn.Module):
             if not torch.equal(attention_mask.bool(), right):
                 raise ValueError("attention_mask must be right-padded (ones, then zeros) when unpad=False; "
                                  "use unpad=True for other masks")
-            h = self.embeddings(input_ids, token_type_ids, position_ids)
+            h = _perturbed(self.embeddings(input_ids, token_type_ids, position_ids), delta)
             h = self.encoder(h, seqlens=seqlens) * right[..., None]  # zeros at padding, as unpadded
         return BertOutput(h, self.pooler(h[:, 0]))
 
-    def _forward_packed(self, input_ids, cu_seqlens, max_seqlen, token_type_ids, position_ids):
+    def _forward_packed(self, input_ids, cu_seqlens, max_seqlen, token_type_ids, position_ids, delta):
         if cu_seqlens is None:
             raise ValueError("packed input_ids [T] need cu_seqlens (and max_seqlen)")
         if cu_seqlens.device.type == "cpu":
@@ -227,16 +237,19 @@ class BertModel(nn.Module):
         if position_ids is None:
             position_ids = padding.position_ids_packed(cu_seqlens)
         self._check_ids(input_ids, token_type_ids, position_ids)
-        h = self._encode_packed(input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen)
+        h = self._encode_packed(input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen, delta)
         return BertOutput(h, self.pooler(h[cu_seqlens[:-1].long()]))
 
-    def _encode_packed(self, input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen):
-        """Embeddings + encoder on packed tokens -> [T, hidden]; on bucketed token counts (see __init__)."""
+    def _encode_packed(self, input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen, delta=None):
+        """Embeddings (+ delta [T, hidden]) + encoder on packed tokens -> [T, hidden]; on bucketed token counts
+        (see __init__)."""
         total = input_ids.shape[0]
         if self.bucketed(input_ids.device):
             input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen = padding.pad_to_bucket(
                 input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen, self.config.pad_token_id)
-        h = self.embeddings(input_ids, token_type_ids, position_ids)
+            if delta is not None:  # the bucket's dummy tokens are not perturbed
+                delta = F.pad(delta, (0, 0, 0, input_ids.shape[0] - total))
+        h = _perturbed(self.embeddings(input_ids, token_type_ids, position_ids), delta)
         return self.encoder(h, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)[:total]
 
     def bucketed(self, device: torch.device) -> bool:
@@ -245,6 +258,11 @@ class BertModel(nn.Module):
             return self.bucket_tokens
         return device.type == "cpu" and (self.embeddings.word_embeddings.weight.dtype != torch.float32
                                          or torch.is_autocast_enabled("cpu"))
+
+
+def _perturbed(h: torch.Tensor, delta: torch.Tensor | None) -> torch.Tensor:
+    """The embedding output h plus delta in h's dtype (bf16 weights: a delta below h's rounding step is lost)."""
+    return h if delta is None else h + delta.to(h.dtype)
 
 
 class BertMLMHead(nn.Module):

@@ -1,9 +1,11 @@
-"""Examples -> tokenized, length-bucketed batches, padded to their longest sequence or packed.
+"""Examples -> tokenized batches (length-bucketed, or random), padded to their longest sequence or packed.
 
 Examples are tokenized once (Encoded). A Loader cuts them into batches whose order is a pure function
 of (seed, epoch): shuffle, then sort each window of `bucket` batches' worth by length so a batch holds
-sequences of similar length (little padding), then shuffle the batches. A Stream walks a Loader epoch
-after epoch; its position (epoch, index) is all a checkpoint needs to resume the data exactly.
+sequences of similar length (little padding), then shuffle the batches. Bucketing has a price: a batch's
+in-batch negatives (MNR, SimCSE) are all of one length, and the same examples meet again epoch after
+epoch; the `batching` setting (BATCHING) chooses bucket 1, a plain shuffle, instead. A Stream walks a
+Loader epoch after epoch; its position (epoch, index) is all a checkpoint needs to resume the data exactly.
 
 Several ranks (`shard=(rank, world)`): the batches, their order and their seeds are the one-process
 ones (global batches of `batch_size` examples); each rank takes a contiguous slice of every global
@@ -25,6 +27,10 @@ from fastbert.data.readers import Example
 from fastbert.tokenizer import Batch, BertTokenizer
 
 Seq = tuple[list[int], list[int]]  # (input ids, token type ids)
+
+BUCKET = 50  # batches' worth of shuffled examples sorted by length together (training, length-bucketed)
+# the `batching` setting -> bucket: length-bucketed batches (little padding), or random ones (a plain shuffle)
+BATCHING = {"bucketed": BUCKET, "random": 1}
 
 
 @dataclasses.dataclass
@@ -84,7 +90,7 @@ class Loader:
     """Batches of one task's Encoded examples, in an order fixed by (seed, epoch)."""
 
     def __init__(self, data: Encoded, tokenizer: BertTokenizer, batch_size: int, *, shuffle: bool = True,
-                 seed: int = 0, bucket: int = 50, packed: bool = False, shard: tuple[int, int] = (0, 1)):
+                 seed: int = 0, bucket: int = BUCKET, packed: bool = False, shard: tuple[int, int] = (0, 1)):
         if len(data) == 0:
             raise ValueError("no examples to batch")
         if batch_size < 1:

@@ -31,14 +31,15 @@ class Encode:
     def __init__(self, encoder: nn.Module, frozen: bool = False):
         self.encoder, self.frozen = encoder, frozen
 
-    def __call__(self, inputs: Batch) -> BertOutput:
+    def __call__(self, inputs: Batch, delta: torch.Tensor | None = None) -> BertOutput:
+        """delta: None, or a perturbation [*inputs.input_ids.shape, hidden] of the embedding output (SMART)."""
         if not self.frozen:
-            return self.encoder(**inputs.model_inputs())
+            return self.encoder(**inputs.model_inputs(), embedding_delta=delta)
         was = self.encoder.training
         self.encoder.eval()
         try:
             with torch.no_grad():
-                return self.encoder(**inputs.model_inputs())
+                return self.encoder(**inputs.model_inputs(), embedding_delta=delta)
         finally:
             self.encoder.train(was)
 
@@ -73,10 +74,16 @@ def pool(out: BertOutput, inputs: Batch, mode: str) -> torch.Tensor:
 
 
 class Task(nn.Module):
-    """A task's head and its loss, predictions and metric. Subclasses set `metric` and override."""
+    """A task's head and its loss, predictions and metric. Subclasses set `metric` and override.
+
+    A sentence task (classify, pair, similarity) defines its loss on the pooled embeddings (`loss_on`) and
+    its raw `outputs` (logits or scores) with the `smoothness` divergence that compares two of them: what
+    SMART regularisation (fastbert.tasks.smart) needs. Other tasks override `loss` and have no smoothness.
+    """
 
     metric = "accuracy"  # the key of score() that ranks checkpoints (higher is better)
     cross = False  # encode a pair as one sequence (cross-encoder) instead of one sequence per text
+    smoothness: str | None = None  # "kl": outputs are logits; "mse": outputs are scores; None: no outputs
 
     def __init__(self, name: str, cfg: dict, config: BertConfig):
         super().__init__()
@@ -88,12 +95,21 @@ class Task(nn.Module):
     def encode(self, examples: Sequence[Example], tokenizer, max_length: int) -> batching.Encoded:
         return batching.encode(examples, tokenizer, max_length, self.cross)
 
-    def embed(self, encode: Encode, batch: batching.TaskBatch) -> torch.Tensor:
-        """[views, n, hidden] pooled embeddings, in fp32."""
-        e = pool(encode(batch.inputs), batch.inputs, self.pooling).float()
+    def embed(self, encode: Encode, batch: batching.TaskBatch, delta: torch.Tensor | None = None) -> torch.Tensor:
+        """[views, n, hidden] pooled embeddings, in fp32 (delta: a perturbation of the embedding output)."""
+        e = pool(encode(batch.inputs, delta), batch.inputs, self.pooling).float()
         return e.view(batch.views, len(batch), -1)
 
     def loss(self, encode: Encode, batch: batching.TaskBatch) -> torch.Tensor:
+        return self.loss_on(self.embed(encode, batch), batch.labels)
+
+    def loss_on(self, e: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss of pooled embeddings e [views, n, hidden] against their labels."""
+        raise NotImplementedError
+
+    def outputs(self, e: torch.Tensor) -> torch.Tensor:
+        """The raw outputs of pooled embeddings e, fp32: logits [n, classes] (smoothness "kl") or scores [n]
+        ("mse")."""
         raise NotImplementedError
 
     def predict(self, encode: Encode, batch: batching.TaskBatch) -> torch.Tensor:

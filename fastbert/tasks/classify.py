@@ -12,6 +12,7 @@ DEFAULTS = {"num_labels": 2, "dropout": 0.1}
 
 class Classify(Task):
     metric = "accuracy"
+    smoothness = "kl"
 
     def __init__(self, name, cfg, config):
         super().__init__(name, cfg, config)
@@ -20,8 +21,11 @@ class Classify(Task):
     def logits(self, encode, batch):
         return self.head(self.embed(encode, batch)[0])
 
-    def loss(self, encode, batch):
-        return losses.cross_entropy(self.logits(encode, batch).float(), batch.labels)
+    def outputs(self, e):
+        return self.head(e[0]).float()
+
+    def loss_on(self, e, labels):
+        return losses.cross_entropy(self.outputs(e), labels)
 
     def predict(self, encode, batch):
         return self.logits(encode, batch).argmax(-1)

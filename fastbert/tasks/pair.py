@@ -82,8 +82,16 @@ class PairClassify(Task):
     def _logits(self, e):
         return self.head(e[0] if self.cross else losses.pair_features(e[0], e[1])).float()
 
-    def loss(self, encode, batch):
-        return LOSSES[self.loss_name](self, self.embed(encode, batch), batch.labels)
+    @property
+    def smoothness(self) -> str:
+        """SMART's divergence: of the logits (softmax loss), else of the cosine (a score)."""
+        return "kl" if self.loss_name == "softmax" else "mse"
+
+    def outputs(self, e):
+        return self._logits(e) if self.loss_name == "softmax" else F.cosine_similarity(e[0], e[1], dim=-1)
+
+    def loss_on(self, e, labels):
+        return LOSSES[self.loss_name](self, e, labels)
 
     def predict(self, encode, batch):
         e = self.embed(encode, batch)

@@ -26,6 +26,7 @@ LOSSES = {
 
 class Similarity(Task):
     metric = "pearson"
+    smoothness = "mse"
 
     def __init__(self, name, cfg, config):
         super().__init__(name, cfg, config)
@@ -38,20 +39,20 @@ class Similarity(Task):
         self.head = nn.Sequential(nn.Dropout(cfg["dropout"]), nn.Linear(self.hidden_size, 1)) if self.cross else None
         self.score_range = tuple(float(x) for x in (cfg.get("score_range") or (0.0, self.score_max)))
 
-    def loss(self, encode, batch):
-        e, y = self.embed(encode, batch), batch.labels
+    def outputs(self, e):
+        """Unclipped scores [n]: the head's (cross-encoder), else score_max * cos(u, v)."""
         if self.cross:
-            return collectives.global_mean((self.head(e[0]).float().squeeze(-1) - y).square())
-        return LOSSES[self.loss_name](self, e, y)
+            return self.head(e[0]).float().squeeze(-1)
+        return self.score_max * F.cosine_similarity(e[0], e[1], dim=-1)
+
+    def loss_on(self, e, labels):
+        if self.cross:
+            return collectives.global_mean((self.outputs(e) - labels).square())
+        return LOSSES[self.loss_name](self, e, labels)
 
     def predict(self, encode, batch):
         """Scores [n] in score_range."""
-        e = self.embed(encode, batch)
-        if self.cross:
-            raw = self.head(e[0]).float().squeeze(-1)
-        else:
-            raw = self.score_max * F.cosine_similarity(e[0], e[1], dim=-1)
-        return raw.clamp(*self.score_range)
+        return self.outputs(self.embed(encode, batch)).clamp(*self.score_range)
 
     def score(self, pred, gold):
         return {"pearson": metrics.pearson(pred, gold)}

@@ -20,6 +20,7 @@ import yaml
 from fastbert import tasks as tasks_mod
 from fastbert.backend import BACKENDS
 from fastbert.config import BertConfig
+from fastbert.data.batching import BATCHING
 from fastbert.errors import UserError
 from fastbert.tasks.base import POOLING
 from fastbert.train.optim import OPTIMIZERS, SCHEDULES
@@ -42,6 +43,8 @@ DEFAULTS = {
     "skip_bad_rows": None,  # skip (and count in run.log) malformed rows; null: no (evaluate/predict: as the checkpoint)
     "train_limit": None,  # training examples per task (an int, or {task: int}): a seeded random subset
     "eval_limit": None,  # dev examples per task, likewise (for quick runs; the dev table says so)
+    "batching": "bucketed",  # training batches: bucketed (similar lengths, little padding) | random (a plain
+    #                          shuffle: mixed lengths, co-batched examples rarely meet again); see data.batching
     # tasks and how they are combined
     "task": None,  # `single`: the one task (sets tasks: [task])
     "tasks": [],
@@ -49,6 +52,10 @@ DEFAULTS = {
     "routine": "additive",  # sequential | additive | parallel | weighted | stochastic | pcgrad
     "standardize": False,  # weighted/stochastic: loss improvements relative to the task's running loss
     "freeze_encoder": False,  # true, or [first_step, end_step): the encoder gets no gradient (per task too)
+    # SMART regularisation (fastbert.tasks.smart): task loss + weight * divergence of the outputs at the most
+    # divergent perturbation of the embedding output within eps (noise: its start's std, `steps` ascent steps
+    # of size `step`); the paper's eps, step, noise and steps, weight 0: off
+    "smart": {"weight": 0.0, "eps": 1.0e-5, "step": 1.0e-3, "noise": 1.0e-5, "steps": 1},
     # optimisation
     "optimizer": "auto",  # auto (fused_adamw with fastbert's compiled extension, else adamw) | fused_adamw
     #                       (fastbert.optim.FusedAdamW: fused clipping, fp32 master weights) | adamw (torch's fused)
@@ -152,8 +159,20 @@ def _names(v) -> bool:
     return isinstance(v, list) and all(isinstance(x, str) and x for x in v)
 
 
+def _section(rules: dict[str, Rule]) -> Rule:
+    """A mapping of the keys of `rules` (check() checks each value against its rule)."""
+    return Rule(f"a mapping with keys among {', '.join(rules)}",
+                lambda v: isinstance(v, dict) and all(k in rules and rules[k].test(x) for k, x in v.items()))
+
+
 _BOOL = Rule("true or false", lambda v: isinstance(v, bool))
 _LIMIT = Rule("an integer >= 1, a mapping {task: integer >= 1}, or null (all)", _limit)
+
+# The keys of the settings that are mappings (`--smart.weight 1`), each with its rule
+SECTIONS: dict[str, dict[str, Rule]] = {
+    "smart": {"weight": _number(0, above=False), "eps": _number(0, above=True), "step": _number(0, above=True),
+              "noise": _number(0, above=True), "steps": _int(1)},
+}
 
 # The type and range of every setting in DEFAULTS (a test checks that each has one); task names are checked
 # against the tasks in check(), a task section's keys by fastbert.tasks (and these rules, for the shared ones).
@@ -171,12 +190,14 @@ RULES: dict[str, Rule] = {
                           lambda v: v is None or isinstance(v, bool)),
     "train_limit": _LIMIT,
     "eval_limit": _LIMIT,
+    "batching": _one_of(BATCHING),
     "task": _text("no single task"),
     "tasks": Rule("a list of task names (or a comma-separated string)", _names),
     "eval_tasks": Rule("a list of task names, or null (the trained tasks)", lambda v: v is None or _names(v)),
     "routine": _one_of(ROUTINES),
     "standardize": _BOOL,
     "freeze_encoder": Rule("true, false, or [first_step >= 0, end_step or null]", _freeze),
+    "smart": _section(SECTIONS["smart"]),
     "optimizer": _one_of(("auto", *OPTIMIZERS)),
     "lr": _number(0, above=False),  # 0: the weights stay as loaded (a checkpoint re-saved, a frozen baseline)
     "head_lr": _number(0, above=False, null="lr"),
@@ -393,6 +414,11 @@ def check_tasks(cfg: dict, names: list[str]) -> None:
 def check_value(key: str, value, rule: Rule | None = None) -> None:
     """ConfigError naming the key, the value and what is allowed, unless `value` follows the key's rule."""
     rule = rule or RULES[key]
+    if key in SECTIONS and isinstance(value, dict):  # the offending key, by name
+        for k, v in value.items():
+            if k not in SECTIONS[key]:
+                raise ConfigError(f"setting {key}.{k}: unknown; expected one of {', '.join(SECTIONS[key])}")
+            check_value(f"{key}.{k}", v, SECTIONS[key][k])
     if not rule.test(value):
         raise ConfigError(f"setting {key}: {value!r} is not allowed; expected {rule.allowed}")
 

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from fastbert import backend
 from fastbert.data.batching import Loader, Stream, TaskBatch
+from fastbert.tasks import smart
 from fastbert.tasks.base import Encode
 from fastbert.train import checkpoint, distributed, optim, routines
 from fastbert.train.config import PRECISIONS
@@ -301,13 +302,14 @@ class Trainer:
 
     def loss(self, task: str) -> torch.Tensor:
         """The routine's callback: the next batch of `task` through the encoder (under autocast) and the
-        task's loss, as an fp32 scalar; a non-finite loss stops the run."""
+        task's loss (with the SMART regulariser, where the `smart` setting adds it), as an fp32 scalar; a
+        non-finite loss stops the run."""
         batch = self.data.next(task)
         self.state.tokens += int(batch.inputs.lengths.sum())
         batch = batch.to(self.device)
         frozen = frozen_at(self.model.tasks[task].cfg["freeze_encoder"], self.state.step)
         with autocast(self.device, self.dtype):
-            value = self.model.tasks[task].loss(Encode(self.model.encoder, frozen), batch)
+            value = smart.loss(self.model.tasks[task], Encode(self.model.encoder, frozen), batch, self.cfg["smart"])
         value = value.float()
         if not torch.isfinite(value):
             raise NonFiniteError(f"step {self.state.step + 1}: task {task} loss is {value.item()} "

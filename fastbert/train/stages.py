@@ -24,7 +24,7 @@ from fastbert import _extension
 from fastbert import tasks as tasks_mod
 from fastbert._io import atomic_write
 from fastbert.config import BertConfig
-from fastbert.data.batching import Encoded, Loader
+from fastbert.data.batching import BATCHING, Encoded, Loader
 from fastbert.errors import CheckpointError, NotFoundError, RunDirError
 from fastbert.model import BertModel
 from fastbert.pretrained import default_path
@@ -105,10 +105,10 @@ def check_lengths(cfg: dict, names: list[str], source: str | None) -> None:
 
 
 def check_resumable(cfg: dict, resume: str) -> None:
-    """The settings a checkpoint's trainer state is made of (data positions per task, the routine's state)
-    are the run's: a resume cannot change them."""
+    """The settings a checkpoint's trainer state is made of (data positions per task in the batch order
+    `batching` makes, the routine's state) are the run's: a resume cannot change them."""
     saved = checkpoint.saved_config(resume) or {}
-    for key in ("tasks", "routine"):
+    for key in ("tasks", "routine", "batching"):
         if key in saved and saved[key] != cfg[key]:
             raise config.ConfigError(f"setting {key}: {cfg[key]!r} is not the resumed run's {saved[key]!r} "
                                      f"({resume}); resume with it, or start a new run from it with --init {resume}")
@@ -171,7 +171,7 @@ def load_data(cfg: dict, model: loop.Model, run: Run | None, train: list[str], e
             order = np.random.default_rng(_seed(cfg, name)).permutation(len(data))
             held_out[name], data = data.subset(np.sort(order[:n_dev])), data.subset(np.sort(order[n_dev:]))
         loaders[name] = Loader(data, model.tokenizer, s["batch_size"], shuffle=True, seed=_seed(cfg, name),
-                               packed=cfg["packed"], shard=shard)
+                               bucket=BATCHING[cfg["batching"]], packed=cfg["packed"], shard=shard)
         _set_calibration(cfg, model, name, data, left_out, run)
         log(f"{name}: {len(data)} training examples, {len(loaders[name])} batches of {s['batch_size']}")
     out = {}
@@ -335,6 +335,8 @@ def train(cfg: dict) -> dict:
     if cfg["optimizer"] == "auto" and optim.name(cfg, device) == "adamw":
         run.log(f"notice: fastbert's fused AdamW needs the compiled extension ({_extension.status()}): "
                 "using torch.optim.AdamW (and bf16-autocast instead of bf16 weights)")
+    for line in smart_notes(cfg, model, loop.precision(cfg, device)):
+        run.log(line)
     loaders, evals = load_data(cfg, model, run, cfg["tasks"], names)
     state = loop.train(cfg, run, model, loaders, evals["dev"], resume)
     best = state["best"]
@@ -353,6 +355,23 @@ def train(cfg: dict) -> dict:
         checkpoint.load_weights(os.path.join(run.path, "best"), model)
         write_predictions(cfg, model, run, names)
     return {"run_dir": run.path, **state}
+
+
+def smart_notes(cfg: dict, model: loop.Model, mode: str) -> list[str]:
+    """What run.log says of the `smart` setting: where it applies, and where bf16 weights round it away."""
+    s = cfg["smart"]
+    if not s["weight"]:
+        return []
+    on = [t for t in cfg["tasks"] if model.tasks[t].smoothness is not None]
+    off = [t for t in cfg["tasks"] if t not in on]
+    notes = [f"smart: weight {s['weight']:g}, eps {s['eps']:g}, step {s['step']:g}, noise {s['noise']:g}, "
+             f"{s['steps']} ascent step(s) on tasks {on}" + (f"; not on {off} (no outputs to smooth)" if off else "")]
+    rounding = {"bf16": 2 ** -8, "bf16-autocast": 2 ** -8, "fp16": 2 ** -11}.get(mode, 0.0)  # half an ulp at 1
+    if min(s["noise"], s["eps"]) < rounding:
+        notes.append(f"notice: smart's noise {s['noise']:g} or eps {s['eps']:g} is below {mode}'s rounding of "
+                     "values near 1: the perturbation is mostly lost to rounding and the regulariser measures "
+                     "rounding and dropout differences (fastbert.tasks.smart); precision fp32 keeps it")
+    return notes
 
 
 def _for_checkpoint(cfg: dict) -> tuple[dict, loop.Model, Run, list[str]]:

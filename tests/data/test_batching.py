@@ -1,9 +1,11 @@
+import itertools
+
 import numpy as np
 import pytest
 import torch
 
 from fastbert import BertTokenizer
-from fastbert.data.batching import Loader, Stream, encode
+from fastbert.data.batching import BATCHING, BUCKET, Loader, Stream, encode
 from fastbert.data.readers import Example
 
 
@@ -72,8 +74,51 @@ def test_truncation_to_max_length(tok):
     assert len(data.seqs[0][0][0]) == 16
 
 
-def test_stream_resumes_at_its_position(tok):
-    loader = Loader(encode(_examples(30), tok, 64, cross=False), tok, 4, seed=1)
+def _co_batched(order) -> set:
+    return {pair for b in order for pair in itertools.combinations(sorted(b.tolist()), 2)}
+
+
+def _recurrence(loader, epochs=4) -> float:
+    """The share of the pairs of examples batched together in epoch e that are batched together again in
+    e + 1, over `epochs` such pairs of epochs."""
+    shared = total = 0
+    for e in range(epochs):
+        now = _co_batched(loader.order(e))
+        shared, total = shared + len(now & _co_batched(loader.order(e + 1))), total + len(now)
+    return shared / total
+
+
+def test_random_batches_mix_lengths_where_bucketed_ones_do_not(tok):
+    data = encode(_examples(600), tok, 64, cross=False)
+    lengths = data.lengths()
+    bucketed, random = (Loader(data, tok, 16, seed=2, bucket=BATCHING[b]) for b in ("bucketed", "random"))
+    assert BATCHING["bucketed"] == BUCKET and bucketed.bucket == BUCKET  # bucketed: the Loader's default
+
+    def spread(loader):  # mean (longest - shortest) in a batch
+        return np.mean([lengths[b].max() - lengths[b].min() for b in loader.order(0)])
+
+    assert spread(bucketed) <= 1 and spread(random) > 0.5 * (lengths.max() - lengths.min())
+    assert not any(np.array_equal(a, b) for a, b in zip(random.order(0), bucketed.order(0)))
+    for epoch in (0, 1):  # every example once per epoch, in an order fixed by (seed, epoch)
+        assert sorted(np.concatenate(random.order(epoch)).tolist()) == list(range(600))
+        assert all(np.array_equal(a, b) for a, b in zip(random.order(epoch), random.order(epoch)))
+    assert not np.array_equal(np.concatenate(random.order(0)), np.concatenate(random.order(1)))
+
+
+def test_co_batched_pairs_recur_as_in_a_shuffle(tok):
+    """A pair batched together meets again next epoch with probability (batch - 1) / (n - 1) under a shuffle;
+    length buckets make the same pairs meet again and again."""
+    data = encode(_examples(600), tok, 64, cross=False)
+    shuffle = 15 / 599
+    random = _recurrence(Loader(data, tok, 16, seed=2, bucket=BATCHING["random"]))
+    bucketed = _recurrence(Loader(data, tok, 16, seed=2, bucket=BATCHING["bucketed"]))
+    assert 0.7 * shuffle < random < 1.3 * shuffle
+    assert bucketed > 5 * shuffle
+
+
+@pytest.mark.parametrize("batching", list(BATCHING))
+def test_stream_resumes_at_its_position(tok, batching):
+    loader = Loader(encode(_examples(30), tok, 64, cross=False), tok, 4, seed=1, bucket=BATCHING[batching])
     a = Stream(loader)
     seen = [a.next() for _ in range(11)]  # crosses into the second epoch (8 batches each)
     b = Stream(loader)

@@ -137,6 +137,14 @@ def test_every_setting_has_a_rule_that_its_default_follows():
     assert set(config.RULES) == set(config.DEFAULTS)
     for key, value in config.DEFAULTS.items():
         config.check_value(key, value)
+    for key, rules in config.SECTIONS.items():  # a mapping setting: a rule for each of its keys
+        assert set(rules) == set(config.DEFAULTS[key])
+
+
+def test_a_section_setting_merges_key_by_key():
+    cfg = config.resolve("multitask", {"tasks": ["sst"], "smart": {"weight": 1.0}},
+                         config.parse_overrides(["--smart.eps", "1e-3"]))
+    assert cfg["smart"] == {**config.DEFAULTS["smart"], "weight": 1.0, "eps": 1e-3}
 
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
@@ -163,6 +171,13 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refus
     ("sts.batch_size", "0", "setting sts.batch_size: 0 is not allowed"),
     ("betas", "[0.9, 1.5]", "setting betas: [0.9, 1.5] is not allowed"),
     ("freeze_encoder", "[3]", "setting freeze_encoder: [3] is not allowed"),
+    ("batching", "sorted", "setting batching: 'sorted' is not allowed; expected one of bucketed, random"),
+    ("smart.weight", "-1", "setting smart.weight: -1 is not allowed; expected a number >= 0"),
+    ("smart.eps", "0", "setting smart.eps: 0 is not allowed; expected a number > 0"),
+    ("smart.noise", "0", "setting smart.noise: 0 is not allowed; expected a number > 0"),
+    ("smart.steps", "0", "setting smart.steps: 0 is not allowed; expected an integer >= 1"),
+    ("smart.wieght", "1", "setting smart.wieght: unknown; expected one of weight, eps, step, noise, steps"),
+    ("smart", "1", "setting smart: 1 is not allowed; expected a mapping with keys among weight, eps"),
 ])
 def test_bad_values_fail_before_anything_loads_with_one_line(key, value, message, monkeypatch, capsys):
     from fastbert.train import __main__ as cli

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from fastbert import collectives
-from fastbert.data.batching import Encoded, Loader
+from fastbert.data.batching import BATCHING, Encoded, Loader
 from fastbert.tasks import losses
 from fastbert.train import config, distributed, run_stage
 from tests.train.conftest import TINY_MODEL
@@ -202,11 +202,12 @@ def _encoded(n):
                    [str(i) for i in range(n)])
 
 
-def test_loader_shares_make_the_global_batch():
+@pytest.mark.parametrize("batching", list(BATCHING))
+def test_loader_shares_make_the_global_batch(batching):
     tok = None  # order() and share() need no tokenizer
     data = _encoded(21)
-    one = Loader(data, tok, 6, seed=3)
-    shards = [Loader(data, tok, 6, seed=3, shard=(r, WORLD)) for r in range(WORLD)]
+    one = Loader(data, tok, 6, seed=3, bucket=BATCHING[batching])
+    shards = [Loader(data, tok, 6, seed=3, bucket=BATCHING[batching], shard=(r, WORLD)) for r in range(WORLD)]
     assert len(shards[0]) == len(one)
     for epoch in (0, 1):
         for k, idx in enumerate(one.order(epoch)):
