@@ -96,8 +96,10 @@ class Task(nn.Module):
         return batching.encode(examples, tokenizer, max_length, self.cross)
 
     def embed(self, encode: Encode, batch: batching.TaskBatch, delta: torch.Tensor | None = None) -> torch.Tensor:
-        """[views, n, hidden] pooled embeddings, in fp32 (delta: a perturbation of the embedding output)."""
-        e = pool(encode(batch.inputs, delta), batch.inputs, self.pooling).float()
+        """[views, n, hidden] pooled embeddings, in fp32. delta: a perturbation of the embedding output, which
+        `encode` takes as a second argument (Encode does; an encode for inference need not)."""
+        out = encode(batch.inputs) if delta is None else encode(batch.inputs, delta)
+        e = pool(out, batch.inputs, self.pooling).float()
         return e.view(batch.views, len(batch), -1)
 
     def loss(self, encode: Encode, batch: batching.TaskBatch) -> torch.Tensor:
