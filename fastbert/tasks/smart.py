@@ -19,7 +19,7 @@ Inputs: a sentence Task (`outputs`, `smoothness`, `loss_on`), the Encode it trai
 the settings {weight, eps, step, noise, steps} (the `smart` setting, fastbert.train.config). f(x) comes from
 the same encoder pass as the task loss; the ascent steps' gradients reach delta only (torch.autograd.grad);
 the returned loss's gradient reaches the encoder and the head through the clean and the perturbed passes.
-Each ascent step costs one forward and backward pass of the encoder, the regulariser one more forward.
+Each ascent step costs one forward and backward pass of the encoder, the perturbed pass one more of each.
 
 Example:
     from fastbert.tasks import smart
