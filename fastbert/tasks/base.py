@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from fastbert import collectives
+from fastbert import nn as fnn
 from fastbert.config import BertConfig
 from fastbert.data import batching
 from fastbert.data.readers import Example
@@ -92,6 +93,18 @@ class Task(nn.Module):
         """[views, n, hidden] pooled embeddings, in fp32."""
         e = pool(encode(batch.inputs), batch.inputs, self.pooling).float()
         return e.view(batch.views, len(batch), -1)
+
+    @staticmethod
+    def dropout_linear(p: float, width: int, out: int) -> nn.Sequential:
+        """A head (dropout, linear); `apply_head` runs it."""
+        return nn.Sequential(fnn.Dropout(p), nn.Linear(width, out))
+
+    def apply_head(self, x: torch.Tensor, batch: batching.TaskBatch) -> torch.Tensor:
+        """self.head (dropout_linear) on x [n, width], one row per example of `batch`: the dropout mask of a row
+        is keyed by its example's position in the data (batch.index), as the encoder's (fastbert.ops.philox),
+        so ranks sharing a batch draw the one-process masks."""
+        dropout, linear = self.head
+        return linear(dropout(x, batch.index.to(x.device)))
 
     def loss(self, encode: Encode, batch: batching.TaskBatch) -> torch.Tensor:
         raise NotImplementedError

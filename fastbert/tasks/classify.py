@@ -2,8 +2,6 @@
 embedding, cross entropy, accuracy."""
 from __future__ import annotations
 
-from torch import nn
-
 from fastbert.tasks import losses, metrics
 from fastbert.tasks.base import Task
 
@@ -15,10 +13,10 @@ class Classify(Task):
 
     def __init__(self, name, cfg, config):
         super().__init__(name, cfg, config)
-        self.head = nn.Sequential(nn.Dropout(cfg["dropout"]), nn.Linear(self.hidden_size, cfg["num_labels"]))
+        self.head = self.dropout_linear(cfg["dropout"], self.hidden_size, cfg["num_labels"])
 
     def logits(self, encode, batch):
-        return self.head(self.embed(encode, batch)[0])
+        return self.apply_head(self.embed(encode, batch)[0], batch)
 
     def loss(self, encode, batch):
         return losses.cross_entropy(self.logits(encode, batch).float(), batch.labels)
