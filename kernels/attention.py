@@ -82,7 +82,7 @@ def _attn_fwd(Q, K, V, Out, Lse, SeqInfo, seed, Keys,
     if pid_m * BLOCK_M >= rows:
         return
     b64, start64 = b.to(tl.int64), start.to(tl.int64)
-    sh = tl.load(Keys + b) * num_heads + h if DROPOUT else 0  # philox: (sequence key, head)
+    sh = tl.load(Keys + b).to(tl.int32) * num_heads + h if DROPOUT else 0  # philox (key * heads < 2**31: ops)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     valid_m = offs_m < seqlen
@@ -153,7 +153,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, Lse, Delta, DK, DV, SeqInfo, seed, Keys,
     if pid_n * BLOCK_N >= rows:
         return
     b64, start64 = b.to(tl.int64), start.to(tl.int64)
-    sh = tl.load(Keys + b) * num_heads + h if DROPOUT else 0  # philox: (sequence key, head)
+    sh = tl.load(Keys + b).to(tl.int32) * num_heads + h if DROPOUT else 0  # philox (key * heads < 2**31: ops)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     valid_n = offs_n < seqlen
@@ -209,7 +209,7 @@ def _attn_bwd_dq(Q, K, V, DO, Lse, Delta, DQ, SeqInfo, seed, Keys,
     if pid_m * BLOCK_M >= rows:
         return
     b64, start64 = b.to(tl.int64), start.to(tl.int64)
-    sh = tl.load(Keys + b) * num_heads + h if DROPOUT else 0  # philox: (sequence key, head)
+    sh = tl.load(Keys + b).to(tl.int32) * num_heads + h if DROPOUT else 0  # philox (key * heads < 2**31: ops)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     valid_m = offs_m < seqlen
