@@ -50,7 +50,10 @@ FASTBERT_HD uint32_t threshold(double p) {
   return t >= 65536.0 ? 65536u : static_cast<uint32_t>(t);
 }
 
-// Index of attention-probability element (q, k) of head `head` of sequence `seq`.
+// The dropout key of row (or sequence) i: keys[i], or i itself without keys (the ops' dropout_keys).
+FASTBERT_HD uint64_t key_of(const int64_t* keys, int64_t i) { return static_cast<uint64_t>(keys ? keys[i] : i); }
+
+// Index of attention-probability element (q, k) of head `head` of the sequence whose key is `seq`.
 FASTBERT_HD uint64_t attention_index(uint64_t seq, uint64_t heads, uint64_t head, uint64_t q, uint64_t k) {
   return ((seq * heads + head) << 32) | (q << 16) | k;
 }

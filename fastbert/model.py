@@ -8,6 +8,9 @@ Input forms:
   padded  input_ids [B, S] (+ attention_mask, token_type_ids, position_ids)  -> [B, S, hidden]
   packed  input_ids [T] + cu_seqlens (+ token_type_ids, position_ids)        -> [T, hidden]
 With unpad=True (default) a padded batch runs packed inside: no work is spent on padding.
+Dropout masks are keyed by (sequence key, position) (fastbert.ops.philox): `dropout_keys` [num_seqs] gives
+each sequence's key (default: its index in the batch), so a sequence draws the same masks whatever else
+shares its batch and however the batch is padded, packed or bucketed.
 `embedding_delta` (same layout, [..., hidden]) is added to the embedding layer's output, the encoder's
 input: the perturbation of SMART regularisation (fastbert.tasks.smart).
 """
@@ -24,7 +27,7 @@ from fastbert import backend as _backend
 from fastbert import nn as fnn
 from fastbert import ops, pretrained
 from fastbert.config import BertConfig
-from fastbert.ops import padding
+from fastbert.ops import padding, philox
 
 
 @dataclasses.dataclass
@@ -49,12 +52,14 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = fnn.LayerNorm(config.hidden_size, config.layer_norm_eps)
         self.dropout = config.hidden_dropout_prob
 
-    def forward(self, input_ids, token_type_ids, position_ids):
-        """dropout(LayerNorm(word + token type + position embeddings)), one fused op."""
+    def forward(self, input_ids, token_type_ids, position_ids, row_keys=None):
+        """dropout(LayerNorm(word + token type + position embeddings)), one fused op; row_keys: the tokens'
+        dropout keys."""
         return ops.embedding_layer_norm(
             input_ids, token_type_ids, position_ids, self.word_embeddings.weight, self.token_type_embeddings.weight,
             self.position_embeddings.weight, self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps,
-            dropout_p=self.dropout if self.training else 0.0, padding_idx=self.word_embeddings.padding_idx)
+            dropout_p=self.dropout if self.training else 0.0, padding_idx=self.word_embeddings.padding_idx,
+            dropout_keys=row_keys)
 
 
 class BertAddNorm(nn.Module):
@@ -65,8 +70,8 @@ class BertAddNorm(nn.Module):
         self.dense = _Linear(d_in, config.hidden_size)
         self.LayerNorm = fnn.LayerNorm(config.hidden_size, config.layer_norm_eps, config.hidden_dropout_prob)
 
-    def forward(self, x, residual):
-        return self.LayerNorm(self.dense(x), residual, input_bias=self.dense.bias)
+    def forward(self, x, residual, row_keys=None):
+        return self.LayerNorm(self.dense(x), residual, input_bias=self.dense.bias, dropout_keys=row_keys)
 
 
 class BertAttention(nn.Module):
@@ -76,8 +81,8 @@ class BertAttention(nn.Module):
                                       config.attention_probs_dropout_prob)
         self.output = BertAddNorm(config.hidden_size, config)
 
-    def forward(self, x, **seqs):
-        return self.output(self.self(x, **seqs), x)
+    def forward(self, x, row_keys=None, **seqs):
+        return self.output(self.self(x, **seqs), x, row_keys)
 
 
 class BertIntermediate(nn.Module):
@@ -97,9 +102,11 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertAddNorm(config.intermediate_size, config)
 
-    def forward(self, x, **seqs):
-        x = self.attention(x, **seqs)
-        return self.output(self.intermediate(x), x)
+    def forward(self, x, row_keys=None, **seqs):
+        """seqs: the sequences (seqlens, or cu_seqlens and max_seqlen) and their dropout_keys; row_keys: the
+        tokens' dropout keys."""
+        x = self.attention(x, row_keys, **seqs)
+        return self.output(self.intermediate(x), x, row_keys)
 
 
 class BertEncoder(nn.Module):
@@ -107,9 +114,9 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
 
-    def forward(self, x, **seqs):
+    def forward(self, x, row_keys=None, **seqs):
         for layer in self.layer:
-            x = layer(x, **seqs)
+            x = layer(x, row_keys, **seqs)
         return x
 
 
@@ -165,17 +172,33 @@ class BertModel(nn.Module):
         pretrained.save_model(self, directory)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                cu_seqlens=None, max_seqlen=None, embedding_delta=None) -> BertOutput:
-        """embedding_delta: None, or a tensor [*input_ids.shape, hidden] added to the embedding layer's output
+                cu_seqlens=None, max_seqlen=None, dropout_keys=None, embedding_delta=None) -> BertOutput:
+        """dropout_keys: int64 [num_seqs], each sequence's key in the dropout masks (see the module docstring).
+        embedding_delta: None, or a tensor [*input_ids.shape, hidden] added to the embedding layer's output
         (after its LayerNorm and dropout) in the weights' dtype; its entries at padding are ignored."""
         if embedding_delta is not None and embedding_delta.shape != (*input_ids.shape, self.config.hidden_size):
             raise ValueError(f"embedding_delta must have shape {(*input_ids.shape, self.config.hidden_size)} "
                              f"(input_ids + hidden), got {tuple(embedding_delta.shape)}")
         with _backend.use_backend(self.backend):
             if input_ids.dim() == 1:
-                return self._forward_packed(input_ids, cu_seqlens, max_seqlen, token_type_ids, position_ids,
+                keys = self._seq_keys(dropout_keys, len(cu_seqlens) - 1 if cu_seqlens is not None else 0,
+                                      input_ids.device)
+                return self._forward_packed(input_ids, cu_seqlens, max_seqlen, token_type_ids, position_ids, keys,
                                             embedding_delta)
-            return self._forward_padded(input_ids, attention_mask, token_type_ids, position_ids, embedding_delta)
+            keys = self._seq_keys(dropout_keys, input_ids.shape[0], input_ids.device)
+            return self._forward_padded(input_ids, attention_mask, token_type_ids, position_ids, keys,
+                                        embedding_delta)
+
+    def _seq_keys(self, dropout_keys, num_seqs: int, device) -> torch.Tensor | None:
+        """The sequences' dropout keys while training (dropout_keys, else 0 .. num_seqs-1); None in eval mode."""
+        if not self.training:
+            return None
+        if dropout_keys is None:
+            return torch.arange(num_seqs, device=device)
+        if tuple(dropout_keys.shape) != (num_seqs,):
+            raise ValueError(f"dropout_keys has shape {list(dropout_keys.shape)}; expected [{num_seqs}], one key "
+                             "per sequence")
+        return dropout_keys.to(device, torch.int64)
 
     def _check_ids(self, input_ids, token_type_ids, position_ids):
         cfg = self.config
@@ -189,7 +212,7 @@ class BertModel(nn.Module):
                 if lo < 0 or hi >= limit:
                     raise ValueError(f"{name} must lie in [0, {limit}); got values in [{lo}, {hi}]")
 
-    def _forward_padded(self, input_ids, attention_mask, token_type_ids, position_ids, delta):
+    def _forward_padded(self, input_ids, attention_mask, token_type_ids, position_ids, seq_keys, delta):
         B, S = input_ids.shape
         if S > self.config.max_position_embeddings:
             raise ValueError(f"sequence length {S} exceeds max_position_embeddings "
@@ -206,7 +229,8 @@ class BertModel(nn.Module):
             flat = lambda t: t.reshape(-1).index_select(0, indices)  # noqa: E731
             if delta is not None:
                 delta = delta.reshape(B * S, -1).index_select(0, indices)
-            h = self._encode_packed(ids, flat(token_type_ids), flat(position_ids), cu_seqlens, max_seqlen, delta)
+            h = self._encode_packed(ids, flat(token_type_ids), flat(position_ids), cu_seqlens, max_seqlen, seq_keys,
+                                    delta)
             h = padding.pad_input(h, indices, B, S)
         else:
             seqlens = attention_mask.sum(1, dtype=torch.int32)
@@ -214,11 +238,13 @@ class BertModel(nn.Module):
             if not torch.equal(attention_mask.bool(), right):
                 raise ValueError("attention_mask must be right-padded (ones, then zeros) when unpad=False; "
                                  "use unpad=True for other masks")
-            h = _perturbed(self.embeddings(input_ids, token_type_ids, position_ids), delta)
-            h = self.encoder(h, seqlens=seqlens) * right[..., None]  # zeros at padding, as unpadded
+            row_keys = None if seq_keys is None else philox.token_keys(
+                seq_keys, torch.arange(B, device=input_ids.device)[:, None], torch.arange(S, device=input_ids.device))
+            h = _perturbed(self.embeddings(input_ids, token_type_ids, position_ids, row_keys), delta)
+            h = self.encoder(h, row_keys, seqlens=seqlens, dropout_keys=seq_keys) * right[..., None]  # zeros at padding
         return BertOutput(h, self.pooler(h[:, 0]))
 
-    def _forward_packed(self, input_ids, cu_seqlens, max_seqlen, token_type_ids, position_ids, delta):
+    def _forward_packed(self, input_ids, cu_seqlens, max_seqlen, token_type_ids, position_ids, seq_keys, delta):
         if cu_seqlens is None:
             raise ValueError("packed input_ids [T] need cu_seqlens (and max_seqlen)")
         if cu_seqlens.device.type == "cpu":
@@ -237,20 +263,23 @@ class BertModel(nn.Module):
         if position_ids is None:
             position_ids = padding.position_ids_packed(cu_seqlens)
         self._check_ids(input_ids, token_type_ids, position_ids)
-        h = self._encode_packed(input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen, delta)
+        h = self._encode_packed(input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen, seq_keys, delta)
         return BertOutput(h, self.pooler(h[cu_seqlens[:-1].long()]))
 
-    def _encode_packed(self, input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen, delta=None):
+    def _encode_packed(self, input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen, seq_keys, delta=None):
         """Embeddings (+ delta [T, hidden]) + encoder on packed tokens -> [T, hidden]; on bucketed token counts
         (see __init__)."""
         total = input_ids.shape[0]
         if self.bucketed(input_ids.device):
             input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen = padding.pad_to_bucket(
                 input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen, self.config.pad_token_id)
+            if seq_keys is not None and len(cu_seqlens) - 1 > len(seq_keys):  # the dummy sequence: any key
+                seq_keys = F.pad(seq_keys, (0, 1))
             if delta is not None:  # the bucket's dummy tokens are not perturbed
                 delta = F.pad(delta, (0, 0, 0, input_ids.shape[0] - total))
-        h = _perturbed(self.embeddings(input_ids, token_type_ids, position_ids), delta)
-        return self.encoder(h, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)[:total]
+        row_keys = None if seq_keys is None else _packed_token_keys(seq_keys, cu_seqlens, input_ids.shape[0])
+        h = _perturbed(self.embeddings(input_ids, token_type_ids, position_ids, row_keys), delta)
+        return self.encoder(h, row_keys, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, dropout_keys=seq_keys)[:total]
 
     def bucketed(self, device: torch.device) -> bool:
         """Whether token counts on `device` are rounded up to a bucket size (bucket_tokens; None: see above)."""
@@ -263,6 +292,13 @@ class BertModel(nn.Module):
 def _perturbed(h: torch.Tensor, delta: torch.Tensor | None) -> torch.Tensor:
     """The embedding output h plus delta in h's dtype (bf16 weights: a delta below h's rounding step is lost)."""
     return h if delta is None else h + delta.to(h.dtype)
+
+
+def _packed_token_keys(seq_keys: torch.Tensor, cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """The dropout keys of `total` packed tokens (philox.token_keys of their sequence and position)."""
+    t = torch.arange(total, dtype=cu_seqlens.dtype, device=cu_seqlens.device)
+    seq = torch.searchsorted(cu_seqlens[1:].contiguous(), t, right=True)
+    return philox.token_keys(seq_keys, seq, t - cu_seqlens[seq])
 
 
 class BertMLMHead(nn.Module):

@@ -24,14 +24,16 @@ class Batch:
     lengths: torch.Tensor  # int32 [B]: real tokens per sequence
     cu_seqlens: torch.Tensor | None = None  # packed only: int32 [B + 1]
     max_seqlen: int = 0
+    dropout_keys: torch.Tensor | None = None  # int64 [B]: the sequences' dropout keys (BertModel), or None
 
     def model_inputs(self) -> dict:
         """Keyword arguments for BertModel.forward."""
+        keys = {} if self.dropout_keys is None else {"dropout_keys": self.dropout_keys}
         if self.cu_seqlens is not None:
             return {"input_ids": self.input_ids, "token_type_ids": self.token_type_ids,
-                    "cu_seqlens": self.cu_seqlens, "max_seqlen": self.max_seqlen}
+                    "cu_seqlens": self.cu_seqlens, "max_seqlen": self.max_seqlen, **keys}
         return {"input_ids": self.input_ids, "token_type_ids": self.token_type_ids,
-                "attention_mask": self.attention_mask}
+                "attention_mask": self.attention_mask, **keys}
 
     def to(self, device) -> "Batch":
         return dataclasses.replace(self, **{f.name: getattr(self, f.name).to(device) for f in

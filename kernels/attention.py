@@ -31,7 +31,8 @@ LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)  # log2(e): exp(x) = exp2
 
 @triton.jit
 def _dropout_bits(seed, sh, offs_m, n0, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """bits16 of elements (q = offs_m, k = n0 ... n0 + BLOCK_N) of (sequence, head) `sh`, as int32 [BLOCK_M, BLOCK_N].
+    """bits16 of elements (q = offs_m, k = n0 ... n0 + BLOCK_N) of (sequence, head) `sh` = key[b] * heads + head,
+    as int32 [BLOCK_M, BLOCK_N].
 
     Element i = (sh << 32) | (q << 16) | k takes 16 bits of philox(seed, i >> 3): one call feeds 8 keys.
     """
@@ -70,7 +71,7 @@ def _rows(X, b, start, h, offs, stride_b, stride_s, stride_h, HEAD_DIM: tl.const
 
 
 @triton.jit(do_not_specialize=["varlen"])
-def _attn_fwd(Q, K, V, Out, Lse, SeqInfo, seed,
+def _attn_fwd(Q, K, V, Out, Lse, SeqInfo, seed, Keys,
               stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
               stride_vb, stride_vs, stride_vh, stride_ob, stride_os, stride_oh, stride_lb, stride_lh,
               max_seqlen, varlen, num_heads, qk_scale, drop_threshold, drop_scale,
@@ -81,6 +82,7 @@ def _attn_fwd(Q, K, V, Out, Lse, SeqInfo, seed,
     if pid_m * BLOCK_M >= rows:
         return
     b64, start64 = b.to(tl.int64), start.to(tl.int64)
+    sh = tl.load(Keys + b).to(tl.int32) * num_heads + h if DROPOUT else 0  # philox (key * heads < 2**31: ops)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     valid_m = offs_m < seqlen
@@ -103,7 +105,7 @@ def _attn_fwd(Q, K, V, Out, Lse, SeqInfo, seed,
         p = tl.math.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         if DROPOUT:
-            keep = _dropout_bits(seed, b * num_heads + h, offs_m, n0, BLOCK_M, BLOCK_N) >= drop_threshold
+            keep = _dropout_bits(seed, sh, offs_m, n0, BLOCK_M, BLOCK_N) >= drop_threshold
             p = tl.where(keep, p, 0.0)
         v = tl.load(v_ptrs + n0 * stride_vs, mask=valid_n[:, None], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
@@ -138,7 +140,7 @@ def _attn_bwd_preprocess(Out, DO, Delta, SeqInfo,
 
 
 @triton.jit(do_not_specialize=["varlen"])
-def _attn_bwd_dkdv(Q, K, V, DO, Lse, Delta, DK, DV, SeqInfo, seed,
+def _attn_bwd_dkdv(Q, K, V, DO, Lse, Delta, DK, DV, SeqInfo, seed, Keys,
                    stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
                    stride_vb, stride_vs, stride_vh, stride_db, stride_ds, stride_dh,
                    stride_gb, stride_gs, stride_gh, stride_lb, stride_lh,
@@ -151,6 +153,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, Lse, Delta, DK, DV, SeqInfo, seed,
     if pid_n * BLOCK_N >= rows:
         return
     b64, start64 = b.to(tl.int64), start.to(tl.int64)
+    sh = tl.load(Keys + b).to(tl.int32) * num_heads + h if DROPOUT else 0  # philox (key * heads < 2**31: ops)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     valid_n = offs_n < seqlen
@@ -176,7 +179,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, Lse, Delta, DK, DV, SeqInfo, seed,
         pT = tl.where(valid_n[:, None] & valid_m[None, :], pT, 0.0)
         dpT = tl.dot(v, tl.trans(do), input_precision="ieee")
         if DROPOUT:
-            bits = _dropout_bits(seed, b * num_heads + h, m0 + offs_m, pid_n * BLOCK_N, BLOCK_M, BLOCK_N)
+            bits = _dropout_bits(seed, sh, m0 + offs_m, pid_n * BLOCK_N, BLOCK_M, BLOCK_N)
             keepT = tl.trans(bits) >= drop_threshold
             dv += tl.dot(tl.where(keepT, pT * drop_scale, 0.0).to(do.dtype), do, input_precision="ieee")
             dpT = tl.where(keepT, dpT * drop_scale, 0.0)
@@ -193,7 +196,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, Lse, Delta, DK, DV, SeqInfo, seed,
 
 
 @triton.jit(do_not_specialize=["varlen"])
-def _attn_bwd_dq(Q, K, V, DO, Lse, Delta, DQ, SeqInfo, seed,
+def _attn_bwd_dq(Q, K, V, DO, Lse, Delta, DQ, SeqInfo, seed, Keys,
                  stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
                  stride_vb, stride_vs, stride_vh, stride_db, stride_ds, stride_dh,
                  stride_gb, stride_gs, stride_gh, stride_lb, stride_lh,
@@ -206,6 +209,7 @@ def _attn_bwd_dq(Q, K, V, DO, Lse, Delta, DQ, SeqInfo, seed,
     if pid_m * BLOCK_M >= rows:
         return
     b64, start64 = b.to(tl.int64), start.to(tl.int64)
+    sh = tl.load(Keys + b).to(tl.int32) * num_heads + h if DROPOUT else 0  # philox (key * heads < 2**31: ops)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     valid_m = offs_m < seqlen
@@ -228,7 +232,7 @@ def _attn_bwd_dq(Q, K, V, DO, Lse, Delta, DQ, SeqInfo, seed,
         p = tl.where(valid_n[None, :], p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision="ieee")
         if DROPOUT:
-            keep = _dropout_bits(seed, b * num_heads + h, offs_m, n0, BLOCK_M, BLOCK_N) >= drop_threshold
+            keep = _dropout_bits(seed, sh, offs_m, n0, BLOCK_M, BLOCK_N) >= drop_threshold
             dp = tl.where(keep, dp * drop_scale, 0.0)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision="ieee")
@@ -312,7 +316,15 @@ def _strides(t: torch.Tensor, varlen: bool) -> tuple[int, int, int]:
     return (0, t.stride(0), t.stride(1)) if varlen else tuple(t.stride()[:3])
 
 
-def _forward(q, k, v, seq_info, num_seqs, max_seqlen, scale, dropout_p, seed, varlen):
+def _dropout_keys(keys, num_seqs, dropout_p, device) -> torch.Tensor:
+    """What Keys points at: the sequences' dropout keys (None: 0 .. num_seqs-1; without dropout an empty tensor,
+    which the kernels never read)."""
+    if dropout_p == 0:
+        return torch.empty(0, dtype=torch.int64, device=device)
+    return torch.arange(num_seqs, device=device) if keys is None else keys
+
+
+def _forward(q, k, v, seq_info, num_seqs, max_seqlen, scale, dropout_p, seed, keys, varlen):
     H, D = q.shape[-2:]
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = q.new_empty((H, q.shape[0]) if varlen else (q.shape[0], H, q.shape[1]), dtype=torch.float32)
@@ -322,20 +334,21 @@ def _forward(q, k, v, seq_info, num_seqs, max_seqlen, scale, dropout_p, seed, va
         raise ValueError(f"attention: {num_seqs} sequences in one call; the kernels' grid takes at most 65535")
     _fwd(lambda meta: (triton.cdiv(max_seqlen, meta["BLOCK_M"]), H, num_seqs),
          _candidates(D, q.dtype, dropout_p > 0)["fwd"][0],
-        q, k, v, out, lse, seq_info.contiguous(), seed,
+        q, k, v, out, lse, seq_info.contiguous(), seed, _dropout_keys(keys, num_seqs, dropout_p, q.device),
         *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(out, varlen),
         *_lse_strides(lse, varlen), max_seqlen, int(varlen), H, scale * LOG2E.value, *dropout_args(dropout_p),
         DROPOUT=dropout_p > 0, HEAD_DIM=D)
     return out, lse
 
 
-def _backward(grad_out, q, k, v, out, lse, seq_info, num_seqs, max_seqlen, scale, dropout_p, seed, varlen):
+def _backward(grad_out, q, k, v, out, lse, seq_info, num_seqs, max_seqlen, scale, dropout_p, seed, keys, varlen):
     H, D = q.shape[-2:]
     dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
     if q.numel() == 0:
         return dq, dk, dv
     fixed = {kind: configs[0] for kind, configs in _candidates(D, q.dtype, dropout_p > 0).items()}
     seq_info, delta = seq_info.contiguous(), torch.empty_like(lse)
+    keys = _dropout_keys(keys, num_seqs, dropout_p, q.device)
     _pre(lambda meta: (triton.cdiv(max_seqlen, meta["BLOCK_M"]), H, num_seqs), fixed["pre"],
          out, grad_out, delta, seq_info, *_strides(out, varlen), *_strides(grad_out, varlen),
          *_lse_strides(lse, varlen), max_seqlen, int(varlen), HEAD_DIM=D)
@@ -343,9 +356,9 @@ def _backward(grad_out, q, k, v, out, lse, seq_info, num_seqs, max_seqlen, scale
             *_strides(dq, varlen), *_lse_strides(lse, varlen), max_seqlen, int(varlen), H, scale * LOG2E.value, scale,
             *dropout_args(dropout_p))
     _dkdv(lambda meta: (triton.cdiv(max_seqlen, meta["BLOCK_N"]), H, num_seqs), fixed["dkdv"],
-          q, k, v, grad_out, lse, delta, dk, dv, seq_info, seed, *args, DROPOUT=dropout_p > 0, HEAD_DIM=D)
+          q, k, v, grad_out, lse, delta, dk, dv, seq_info, seed, keys, *args, DROPOUT=dropout_p > 0, HEAD_DIM=D)
     _dq(lambda meta: (triton.cdiv(max_seqlen, meta["BLOCK_M"]), H, num_seqs), fixed["dq"],
-        q, k, v, grad_out, lse, delta, dq, seq_info, seed, *args, DROPOUT=dropout_p > 0, HEAD_DIM=D)
+        q, k, v, grad_out, lse, delta, dq, seq_info, seed, keys, *args, DROPOUT=dropout_p > 0, HEAD_DIM=D)
     return dq, dk, dv
 
 
@@ -356,27 +369,27 @@ def _lse_strides(lse: torch.Tensor, varlen: bool) -> tuple[int, int]:
 
 # -- the kernel contract (fastbert/ops/attention.py) -----------------------------------------------
 
-def attention_forward(q, k, v, seqlens, scale, dropout_p, seed):
+def attention_forward(q, k, v, seqlens, scale, dropout_p, seed, keys):
     q, k, v = _check("attention", q, k, v)
-    return _forward(q, k, v, seqlens, q.shape[0], q.shape[1], scale, dropout_p, seed, varlen=False)
+    return _forward(q, k, v, seqlens, q.shape[0], q.shape[1], scale, dropout_p, seed, keys, varlen=False)
 
 
-def attention_backward(grad_out, q, k, v, out, lse, seqlens, scale, dropout_p, seed):
+def attention_backward(grad_out, q, k, v, out, lse, seqlens, scale, dropout_p, seed, keys):
     q, k, v, grad_out, out = _check("attention", q, k, v, grad_out, out)
-    return _backward(grad_out, q, k, v, out, lse, seqlens, q.shape[0], q.shape[1], scale, dropout_p, seed,
+    return _backward(grad_out, q, k, v, out, lse, seqlens, q.shape[0], q.shape[1], scale, dropout_p, seed, keys,
                      varlen=False)
 
 
-def attention_varlen_forward(q, k, v, cu_seqlens, max_seqlen, scale, dropout_p, seed):
+def attention_varlen_forward(q, k, v, cu_seqlens, max_seqlen, scale, dropout_p, seed, keys):
     q, k, v = _check("attention_varlen", q, k, v)
-    return _forward(q, k, v, cu_seqlens, cu_seqlens.numel() - 1, max_seqlen, scale, dropout_p, seed,
+    return _forward(q, k, v, cu_seqlens, cu_seqlens.numel() - 1, max_seqlen, scale, dropout_p, seed, keys,
                     varlen=True)
 
 
-def attention_varlen_backward(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, dropout_p, seed):
+def attention_varlen_backward(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, dropout_p, seed, keys):
     q, k, v, grad_out, out = _check("attention_varlen", q, k, v, grad_out, out)
     return _backward(grad_out, q, k, v, out, lse, cu_seqlens, cu_seqlens.numel() - 1, max_seqlen, scale,
-                     dropout_p, seed, varlen=True)
+                     dropout_p, seed, keys, varlen=True)
 
 
 # -- every configuration the launchers can pick, for ahead-of-time compilation ----------------------
@@ -405,8 +418,9 @@ def _spec(fn, ty: str, seed_ty: str, constexprs: dict, config: triton.Config) ->
     for i, name in enumerate(fn.arg_names):
         if name in constexprs:
             signature[name] = "constexpr"
-        elif name[0].isupper():  # tensors: fp32 statistics, int32 sequence info, else the inputs' dtype
-            signature[name] = "*i32" if name == "SeqInfo" else "*fp32" if name in ("Lse", "Delta") else f"*{ty}"
+        elif name[0].isupper():  # tensors: fp32 statistics, int32 sequence info, int64 keys, else the inputs' dtype
+            signature[name] = "*i32" if name == "SeqInfo" else "*i64" if name == "Keys" else \
+                "*fp32" if name in ("Lse", "Delta") else f"*{ty}"
             attrs[(i,)] = [["tt.divisibility", 16]]
         elif name == "seed":  # a 62-bit seed with dropout, else 0
             signature[name] = seed_ty

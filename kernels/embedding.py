@@ -1,7 +1,7 @@
 """Triton kernels for fastbert.ops.embedding_layer_norm: dropout(LayerNorm(word[ids] + type[types] + pos[positions])).
 
 Forward: one [ROWS, BLOCK_N] tile of tokens per program gathers its three table rows, normalises the sum
-in fp32 and applies the dropout after the norm (fastbert.ops.philox, index row * N + col). Backward: each
+in fp32 and applies the dropout after the norm (fastbert.ops.philox, index key[row] * N + col). Backward: each
 program walks a block of tokens, recomputes the sum from the tables (nothing [tokens, N] is saved),
 writes the fp32 gradient of the sum and keeps partial sums of grad_weight / grad_bias; torch then
 scatter-adds that gradient into the three tables (index_add_). Tiles, launch options and the dropout mask
@@ -14,7 +14,8 @@ import triton
 import triton.language as tl
 
 from fastbert.kernels.utils import PTR, TILE, Tuned, bwd_rows_per_program, check_row_size, dropout_args, \
-    fixed_row_config, keep_rows, launch_options, param_dtype, row_candidates, row_configs, row_prune, row_variants
+    fixed_row_config, keep_rows, launch_options, param_dtype, row_candidates, row_configs, row_keys, row_prune, \
+    row_variants
 
 
 @triton.jit
@@ -29,7 +30,7 @@ def _gather_sum(IDS, TYPES, POS, WORD, TYPE_T, POS_T, rows, cols, row_ok, mask, 
 
 
 @triton.jit
-def _embedding_ln_fwd(IDS, TYPES, POS, WORD, TYPE_T, POS_T, W, B, OUT, MEAN, RSTD, M, N, eps, threshold, scale,
+def _embedding_ln_fwd(IDS, TYPES, POS, WORD, TYPE_T, POS_T, W, B, OUT, MEAN, RSTD, KEYS, M, N, eps, threshold, scale,
                       seed, HAS_DROPOUT: tl.constexpr, ALIGNED: tl.constexpr, ROWS: tl.constexpr,
                       BLOCK_N: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
@@ -44,14 +45,15 @@ def _embedding_ln_fwd(IDS, TYPES, POS, WORD, TYPE_T, POS_T, W, B, OUT, MEAN, RST
     b = tl.load(B + cols, mask=cols < N, other=0.0).to(tl.float32)
     y = hc * rstd[:, None] * w[None, :] + b[None, :]
     if HAS_DROPOUT:
-        y = tl.where(keep_rows(seed, rows, N, threshold, ROWS, BLOCK_N, ALIGNED), y * scale, 0.0)
+        keys = tl.load(KEYS + rows, mask=row_ok, other=0)
+        y = tl.where(keep_rows(seed, keys, N, threshold, ROWS, BLOCK_N, ALIGNED), y * scale, 0.0)
     tl.store(OUT + (rows * N)[:, None] + cols[None, :], y.to(OUT.dtype.element_ty), mask=mask)
     tl.store(MEAN + rows, mean, mask=row_ok)
     tl.store(RSTD + rows, rstd, mask=row_ok)
 
 
 @triton.jit
-def _embedding_ln_bwd(DY, IDS, TYPES, POS, WORD, TYPE_T, POS_T, W, MEAN, RSTD, DH, DW, DB, M, N, rows_per_program,
+def _embedding_ln_bwd(DY, IDS, TYPES, POS, WORD, TYPE_T, POS_T, W, MEAN, RSTD, DH, DW, DB, KEYS, M, N, rows_per_program,
                       threshold, scale, seed, HAS_DROPOUT: tl.constexpr, ALIGNED: tl.constexpr, ROWS: tl.constexpr,
                       BLOCK_N: tl.constexpr):
     pid = tl.program_id(0)
@@ -67,7 +69,8 @@ def _embedding_ln_bwd(DY, IDS, TYPES, POS, WORD, TYPE_T, POS_T, W, MEAN, RSTD, D
         offs = (rows * N)[:, None] + cols[None, :]
         dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
         if HAS_DROPOUT:
-            dy = tl.where(keep_rows(seed, rows, N, threshold, ROWS, BLOCK_N, ALIGNED), dy * scale, 0.0)
+            keys = tl.load(KEYS + rows, mask=row_ok, other=0)
+            dy = tl.where(keep_rows(seed, keys, N, threshold, ROWS, BLOCK_N, ALIGNED), dy * scale, 0.0)
         h = _gather_sum(IDS, TYPES, POS, WORD, TYPE_T, POS_T, rows, cols, row_ok, mask, N)
         mean = tl.load(MEAN + rows, mask=row_ok, other=0.0)[:, None]
         rstd = tl.load(RSTD + rows, mask=row_ok, other=0.0)[:, None]
@@ -99,7 +102,7 @@ _bwd = Tuned(_embedding_ln_bwd, row_configs(backward=True), key=["N", "HAS_DROPO
 # -- launchers: the kernel contract of fastbert.ops.embedding --
 
 def embedding_layer_norm_forward(input_ids, token_type_ids, position_ids, word, token_type, position, weight, bias,
-                                 eps, dropout_p, seed):
+                                 eps, dropout_p, seed, keys):
     M, N = input_ids.shape[0], word.shape[1]
     check_row_size("embedding_layer_norm", N)
     wdt = param_dtype(word.dtype, weight, bias)
@@ -110,12 +113,13 @@ def embedding_layer_norm_forward(input_ids, token_type_ids, position_ids, word, 
         flags, fixed = _config(N, dropout_p > 0)
         _fwd(lambda meta: (triton.cdiv(M, meta["ROWS"]),), fixed,
             input_ids, token_type_ids, position_ids, word, token_type, position, weight.to(wdt), bias.to(wdt), out,
-            mean, rstd, M, N, eps, *dropout_args(dropout_p), seed, HAS_DROPOUT=dropout_p > 0, **flags)
+            mean, rstd, row_keys(keys, M, dropout_p, word.device), M, N, eps, *dropout_args(dropout_p), seed,
+            HAS_DROPOUT=dropout_p > 0, **flags)
     return out, mean, rstd
 
 
 def embedding_layer_norm_backward(grad_out, input_ids, token_type_ids, position_ids, word, token_type, position,
-                                  weight, mean, rstd, dropout_p, seed, padding_idx):
+                                  weight, mean, rstd, dropout_p, seed, keys, padding_idx):
     M, N = input_ids.shape[0], word.shape[1]
     check_row_size("embedding_layer_norm", N)
     flags, fixed = _config(N, dropout_p > 0, backward=True)
@@ -126,7 +130,8 @@ def embedding_layer_norm_backward(grad_out, input_ids, token_type_ids, position_
     if M:
         _bwd(lambda meta: (programs,), fixed,
             grad_out, input_ids, token_type_ids, position_ids, word, token_type, position,
-            weight.to(param_dtype(word.dtype, weight)), mean, rstd, grad_h, parts[0], parts[1], M, N, per_program,
+            weight.to(param_dtype(word.dtype, weight)), mean, rstd, grad_h, parts[0], parts[1],
+            row_keys(keys, M, dropout_p, word.device), M, N, per_program,
             *dropout_args(dropout_p), seed, HAS_DROPOUT=dropout_p > 0, **flags)
 
     def scatter(table, ids):  # fp32 sums, then the table's dtype
@@ -149,10 +154,10 @@ def aot_specs():
         tag = f"t={t[1:]} {drop_tag}"
         for w in dict.fromkeys([t, "*fp32"]):  # norm weights in the tables' dtype or fp32
             ids = dict(IDS="*i64", TYPES="*i64", POS="*i64", WORD=t, TYPE_T=t, POS_T=t, W=w)
-            fwd = dict(**ids, B=w, OUT=t, MEAN="*fp32", RSTD="*fp32", M="i32", N="i32", eps="fp32",
+            fwd = dict(**ids, B=w, OUT=t, MEAN="*fp32", RSTD="*fp32", KEYS="*i64", M="i32", N="i32", eps="fp32",
                        threshold="i32", scale="fp32", seed="i64")
-            bwd = dict(DY=t, **ids, MEAN="*fp32", RSTD="*fp32", DH="*fp32", DW="*fp32", DB="*fp32", M="i32",
-                       N="i32", rows_per_program="i32", threshold="i32", scale="fp32", seed="i64")
+            bwd = dict(DY=t, **ids, MEAN="*fp32", RSTD="*fp32", DH="*fp32", DW="*fp32", DB="*fp32", KEYS="*i64",
+                       M="i32", N="i32", rows_per_program="i32", threshold="i32", scale="fp32", seed="i64")
             for fn, sig, backward in ((_embedding_ln_fwd, fwd, False), (_embedding_ln_bwd, bwd, True)):
                 for c in row_candidates(size, backward):
                     constexprs = {**flags, **c.kwargs}

@@ -6,7 +6,7 @@ from the unrounded pre-norm sum h, which is stored in x's dtype for backward. Ba
 walks a contiguous block of rows, writes grad_h (and the dropout-masked grad_x) and keeps fp32 partial
 sums of grad_weight, grad_bias and grad_input_bias in registers; torch adds the [programs, N] partials
 up afterwards (as in the Triton layer-norm tutorial and Liger-Kernel).
-Dropout masks follow fastbert.ops.philox (index row * N + col) and are regenerated in backward.
+Dropout masks follow fastbert.ops.philox (index key[row] * N + col) and are regenerated in backward.
 """
 import itertools
 
@@ -15,11 +15,12 @@ import triton
 import triton.language as tl
 
 from fastbert.kernels.utils import PTR, TILE, Tuned, bwd_rows_per_program, check_row_size, dropout_args, \
-    fixed_row_config, keep_rows, launch_options, param_dtype, row_candidates, row_configs, row_prune, row_variants
+    fixed_row_config, keep_rows, launch_options, param_dtype, row_candidates, row_configs, row_keys, row_prune, \
+    row_variants
 
 
 @triton.jit
-def _layer_norm_fwd(X, W, B, R, IB, OUT, H, MEAN, RSTD, M, N, eps, threshold, scale, seed,
+def _layer_norm_fwd(X, W, B, R, IB, OUT, H, MEAN, RSTD, KEYS, M, N, eps, threshold, scale, seed,
                     HAS_RESIDUAL: tl.constexpr, HAS_INPUT_BIAS: tl.constexpr, HAS_DROPOUT: tl.constexpr,
                     ALIGNED: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
@@ -30,7 +31,8 @@ def _layer_norm_fwd(X, W, B, R, IB, OUT, H, MEAN, RSTD, M, N, eps, threshold, sc
     if HAS_INPUT_BIAS:
         h += tl.load(IB + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
     if HAS_DROPOUT:
-        h = tl.where(keep_rows(seed, rows, N, threshold, ROWS, BLOCK_N, ALIGNED), h * scale, 0.0)
+        keys = tl.load(KEYS + rows, mask=rows < M, other=0)
+        h = tl.where(keep_rows(seed, keys, N, threshold, ROWS, BLOCK_N, ALIGNED), h * scale, 0.0)
     if HAS_RESIDUAL:
         h += tl.load(R + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL or HAS_INPUT_BIAS or HAS_DROPOUT:
@@ -46,7 +48,7 @@ def _layer_norm_fwd(X, W, B, R, IB, OUT, H, MEAN, RSTD, M, N, eps, threshold, sc
 
 
 @triton.jit
-def _layer_norm_bwd(DY, H, W, MEAN, RSTD, DH, DX, DW, DB, DIB, M, N, rows_per_program, threshold, scale, seed,
+def _layer_norm_bwd(DY, H, W, MEAN, RSTD, DH, DX, DW, DB, DIB, KEYS, M, N, rows_per_program, threshold, scale, seed,
                     HAS_INPUT_BIAS: tl.constexpr, HAS_DROPOUT: tl.constexpr, ALIGNED: tl.constexpr,
                     ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
     pid = tl.program_id(0)
@@ -74,7 +76,8 @@ def _layer_norm_bwd(DY, H, W, MEAN, RSTD, DH, DX, DW, DB, DIB, M, N, rows_per_pr
         dw += dy * xhat
         db += dy
         if HAS_DROPOUT:
-            dh = tl.where(keep_rows(seed, rows, N, threshold, ROWS, BLOCK_N, ALIGNED), dh * scale, 0.0)
+            keys = tl.load(KEYS + rows, mask=rows < last, other=0)
+            dh = tl.where(keep_rows(seed, keys, N, threshold, ROWS, BLOCK_N, ALIGNED), dh * scale, 0.0)
             tl.store(DX + offs, dh.to(DX.dtype.element_ty), mask=mask)
         if HAS_INPUT_BIAS:
             dib += dh
@@ -100,7 +103,7 @@ _bwd = Tuned(_layer_norm_bwd, row_configs(backward=True), key=["N", *_FLAGS], pr
 
 # -- launchers: the kernel contract of fastbert.ops.layer_norm --
 
-def layer_norm_forward(x, weight, bias, residual, input_bias, eps, dropout_p, seed):
+def layer_norm_forward(x, weight, bias, residual, input_bias, eps, dropout_p, seed, keys):
     M, N = x.shape
     check_row_size("layer_norm", N)
     wdt = param_dtype(x.dtype, weight, bias, input_bias)
@@ -117,13 +120,14 @@ def layer_norm_forward(x, weight, bias, residual, input_bias, eps, dropout_p, se
         flags, fixed = _config(N, dropout_p > 0)
         _fwd(lambda meta: (triton.cdiv(M, meta["ROWS"]),), fixed,
             x, weight, bias, x if residual is None else residual, weight if input_bias is None else input_bias,
-            out, h if keep_h else out, mean, rstd, M, N, eps, *dropout_args(dropout_p), seed,
+            out, h if keep_h else out, mean, rstd, row_keys(keys, M, dropout_p, x.device), M, N, eps,
+            *dropout_args(dropout_p), seed,
             HAS_RESIDUAL=residual is not None, HAS_INPUT_BIAS=input_bias is not None, HAS_DROPOUT=dropout_p > 0,
             **flags)
     return out, h, mean, rstd
 
 
-def layer_norm_backward(grad_out, h, weight, mean, rstd, dropout_p, seed, has_input_bias):
+def layer_norm_backward(grad_out, h, weight, mean, rstd, dropout_p, seed, keys, has_input_bias):
     M, N = h.shape
     check_row_size("layer_norm", N)
     weight = weight.to(param_dtype(h.dtype, weight))
@@ -137,7 +141,7 @@ def layer_norm_backward(grad_out, h, weight, mean, rstd, dropout_p, seed, has_in
     if M:
         _bwd(lambda meta: (programs,), fixed,
             grad_out, h, weight, mean, rstd, grad_h, grad_x if dropout_p > 0 else grad_h, parts[0], parts[1],
-            parts[-1], M, N, per_program, *dropout_args(dropout_p), seed,
+            parts[-1], row_keys(keys, M, dropout_p, h.device), M, N, per_program, *dropout_args(dropout_p), seed,
             HAS_INPUT_BIAS=has_input_bias, HAS_DROPOUT=dropout_p > 0, **flags)
     sums = [part.sum(0) for part in parts]  # separate tensors: custom-op outputs may not alias
     return grad_h, grad_x, sums[0], sums[1], sums[2] if has_input_bias else h.new_empty(0)
@@ -154,7 +158,8 @@ def aot_specs():
         for w in dict.fromkeys([x, "*fp32"]):  # weights in x's dtype or fp32
             for r, c in itertools.product(dict.fromkeys([None, x, "*fp32"]), row_candidates(n, backward=False)):
                 flags = dict(HAS_RESIDUAL=r is not None, HAS_INPUT_BIAS=ib, HAS_DROPOUT=dropout, **aligned, **c.kwargs)
-                sig = dict(X=x, W=w, B=w, R=r or x, IB=w, OUT=x, H=x, MEAN="*fp32", RSTD="*fp32", M="i32", N="i32",
+                sig = dict(X=x, W=w, B=w, R=r or x, IB=w, OUT=x, H=x, MEAN="*fp32", RSTD="*fp32", KEYS="*i64",
+                           M="i32", N="i32",
                            eps="fp32", threshold="i32", scale="fp32", seed="i64")
                 specs.append(dict(name=f"_layer_norm_fwd x={x[1:]} w={w[1:]} r={(r or '-').lstrip('*')} {tag} "
                                        f"ROWS={c.kwargs['ROWS']} warps={c.num_warps}",
@@ -163,7 +168,8 @@ def aot_specs():
             for c in row_candidates(n, backward=True):
                 flags = dict(HAS_INPUT_BIAS=ib, HAS_DROPOUT=dropout, **aligned, **c.kwargs)
                 sig = dict(DY=x, H=x, W=w, MEAN="*fp32", RSTD="*fp32", DH=x, DX=x, DW="*fp32", DB="*fp32",
-                           DIB="*fp32", M="i32", N="i32", rows_per_program="i32", threshold="i32", scale="fp32",
+                           DIB="*fp32", KEYS="*i64", M="i32", N="i32", rows_per_program="i32", threshold="i32",
+                           scale="fp32",
                            seed="i64")
                 specs.append(dict(name=f"_layer_norm_bwd x={x[1:]} w={w[1:]} {tag} warps={c.num_warps}",
                                   fn=_layer_norm_bwd, signature={**sig, **dict.fromkeys(flags, "constexpr")},

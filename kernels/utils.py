@@ -48,12 +48,21 @@ def dropout_args(dropout_p: float) -> tuple[int, float]:
     return dropout_threshold(dropout_p), 1.0 / (1.0 - dropout_p)
 
 
+def row_keys(keys, rows: int, dropout_p: float, device) -> torch.Tensor:
+    """What a row-wise kernel's KEYS points at: the rows' dropout keys (None: their indices 0 .. rows-1; without
+    dropout an empty tensor, which the kernels never read)."""
+    if dropout_p == 0:
+        return torch.empty(0, dtype=torch.int64, device=device)
+    return torch.arange(rows, device=device) if keys is None else keys
+
+
 @triton.jit
-def keep_rows(seed, rows, N, threshold, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, ALIGNED: tl.constexpr):
-    """Dropout keep mask [ROWS, BLOCK_N] of a row-wise site: elements rows * N + col, per fastbert.ops.philox."""
+def keep_rows(seed, keys, N, threshold, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, ALIGNED: tl.constexpr):
+    """Dropout keep mask [ROWS, BLOCK_N] of a row-wise site: elements keys * N + col (keys: int64 [ROWS], the
+    rows' dropout keys), per fastbert.ops.philox."""
     if ALIGNED:
         # N % 8 == 0: rows start Philox groups and one call feeds 8 elements; generate per [row, group, 8].
-        groups = (rows * N >> 3)[:, None] + tl.arange(0, BLOCK_N // 8)[None, :]
+        groups = (keys * N >> 3)[:, None] + tl.arange(0, BLOCK_N // 8)[None, :]
         r0, r1, r2, r3 = tl.randint4x(seed, groups)
         e = tl.arange(0, 8)[None, None, :]
         word = tl.where(e < 2, r0[:, :, None], tl.where(e < 4, r1[:, :, None],
@@ -62,7 +71,7 @@ def keep_rows(seed, rows, N, threshold, ROWS: tl.constexpr, BLOCK_N: tl.constexp
         return tl.reshape(keep, [ROWS, BLOCK_N])
     else:
         # Rows start inside Philox groups: one call per element.
-        i = (rows * N)[:, None] + tl.arange(0, BLOCK_N)[None, :]
+        i = (keys * N)[:, None] + tl.arange(0, BLOCK_N)[None, :]
         r0, r1, r2, r3 = tl.randint4x(seed, i >> 3)
         w = (i & 7) >> 1
         word = tl.where(w == 0, r0, tl.where(w == 1, r1, tl.where(w == 2, r2, r3)))

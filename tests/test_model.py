@@ -144,6 +144,34 @@ def test_bucketed_tokens_change_nothing(dropout):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("unpad", [True, False])
+def test_dropout_masks_follow_the_sequence_keys(unpad):
+    """Training mode: a sequence's dropout masks depend on its key (dropout_keys) and positions alone, so a batch
+    cut in two, each half with its sequences' keys, gives the whole batch's outputs (what lets ranks share a
+    batch); padded and packed runs draw the same masks; without the keys the second half draws others."""
+    config = BertConfig(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=96, max_position_embeddings=64, hidden_dropout_prob=0.2,
+                        attention_probs_dropout_prob=0.2)
+    torch.manual_seed(0)
+    model = BertModel(config, unpad=unpad).train()
+    ids = torch.randint(1, 97, (4, 11))
+    mask = (torch.arange(11)[None, :] < torch.tensor([[11], [4], [7], [1]])).long()
+    keys = torch.tensor([30, 2, 17, 5])
+
+    def run(rows, keyed=True, **kw):
+        torch.manual_seed(1)
+        return model(ids[rows], attention_mask=mask[rows], dropout_keys=keys[rows] if keyed else None,
+                     **kw).last_hidden_state
+
+    full = run(slice(0, 4))
+    halves = torch.cat([run(slice(0, 2)), run(slice(2, 4))])
+    real = mask.bool()
+    torch.testing.assert_close(halves[real], full[real], atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(run(slice(2, 4), keyed=False)[real[2:]], full[2:][real[2:]], atol=1e-3)
+    model.unpad = not unpad
+    torch.testing.assert_close(run(slice(0, 4))[real], full[real], atol=1e-5, rtol=1e-5)
+
+
 def test_bucketing_is_on_for_cpu_bf16_only():
     config = BertConfig(vocab_size=97, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=96, max_position_embeddings=64)

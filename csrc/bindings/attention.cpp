@@ -59,9 +59,10 @@ void check_cu_seqlens(const char* op, const at::Tensor& cu, int64_t total) {
 void run(bool backward, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
          const at::Tensor& grad_out, const at::Tensor& result, const at::Tensor& dk, const at::Tensor& dv,
          const at::Tensor& lse, const at::Tensor& seqlens, const at::Tensor& cu_seqlens, double scale, double dropout_p,
-         int64_t seed) {
+         int64_t seed, const std::optional<at::Tensor>& keys) {
   const bool padded = seqlens.defined();
-  const int64_t H = q.size(-2), D = q.size(-1);
+  const int64_t H = q.size(-2), D = q.size(-1), batch = padded ? q.size(0) : cu_seqlens.numel() - 1;
+  const at::Tensor k_ = dropout_keys(backward ? "attention_backward" : "attention_forward", keys, batch);
   dispatch_float(backward ? "attention_backward" : "attention_forward", q.scalar_type(), [&](auto t) {
     using T = decltype(t);
     auto opt = [](const at::Tensor& x) { return x.defined() ? rows<T>(x) : cpu::Rows<T>{nullptr, 0, 0, 0}; };
@@ -72,8 +73,8 @@ void run(bool backward, const at::Tensor& q, const at::Tensor& k, const at::Tens
         rows<const T>(q), rows<const T>(k), rows<const T>(v), copt(out), copt(grad_out), rows<T>(result), opt(dk),
         opt(dv), lse.data_ptr<float>(), padded ? H * q.size(1) : 0, padded ? q.size(1) : lse.size(1),
         padded ? seqlens.data_ptr<int32_t>() : nullptr, padded ? nullptr : cu_seqlens.data_ptr<int32_t>(),
-        padded ? q.size(0) : cu_seqlens.numel() - 1, padded ? q.size(1) : 0, H, D, static_cast<float>(scale),
-        dropout_p, static_cast<uint64_t>(seed)};
+        batch, padded ? q.size(1) : 0, H, D, static_cast<float>(scale), dropout_p, static_cast<uint64_t>(seed),
+        keys_ptr(k_)};
     backward ? cpu::attention_backward(args) : cpu::attention_forward(args);
   });
 }
@@ -98,20 +99,21 @@ void check_saved(const char* op, const at::Tensor& q, const at::Tensor& grad_out
 
 std::tuple<at::Tensor, at::Tensor> attention_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                      const at::Tensor& seqlens, double scale, double dropout_p,
-                                                     int64_t seed) {
+                                                     int64_t seed, const std::optional<at::Tensor>& keys) {
   const char* op = "attention_forward";
   check_qkv(op, q, k, v, 4);
   check_dropout(op, dropout_p);
   const int64_t B = q.size(0), S = q.size(1), H = q.size(2);
   check_seqlens(op, seqlens, B, S);
   at::Tensor out = at::empty(q.sizes(), q.options()), lse = at::empty({B, H, S}, q.options().dtype(at::kFloat));
-  run(false, q, k, v, {}, {}, out, {}, {}, lse, seqlens.contiguous(), {}, scale, dropout_p, seed);
+  run(false, q, k, v, {}, {}, out, {}, {}, lse, seqlens.contiguous(), {}, scale, dropout_p, seed, keys);
   return {out, lse};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
-    const at::Tensor& lse, const at::Tensor& seqlens, double scale, double dropout_p, int64_t seed) {
+    const at::Tensor& lse, const at::Tensor& seqlens, double scale, double dropout_p, int64_t seed,
+    const std::optional<at::Tensor>& keys) {
   const char* op = "attention_backward";
   check_qkv(op, q, k, v, 4);
   check_dropout(op, dropout_p);
@@ -120,28 +122,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward(
   check_saved(op, q, grad_out, out, lse, {B, H, S});
   at::Tensor dq = at::empty(q.sizes(), q.options()), dk = at::empty_like(dq), dv = at::empty_like(dq);
   run(true, q, k, v, unit_stride(out), unit_stride(grad_out), dq, dk, dv, lse, seqlens.contiguous(), {}, scale,
-      dropout_p, seed);
+      dropout_p, seed, keys);
   return {dq, dk, dv};
 }
 
 std::tuple<at::Tensor, at::Tensor> attention_varlen_forward(const at::Tensor& q, const at::Tensor& k,
                                                             const at::Tensor& v, const at::Tensor& cu_seqlens,
                                                             int64_t max_seqlen, double scale, double dropout_p,
-                                                            int64_t seed) {
+                                                            int64_t seed, const std::optional<at::Tensor>& keys) {
   const char* op = "attention_varlen_forward";
   check_qkv(op, q, k, v, 3);
   check_dropout(op, dropout_p);
   check_cu_seqlens(op, cu_seqlens, q.size(0));
   at::Tensor out = at::empty(q.sizes(), q.options());
   at::Tensor lse = at::empty({q.size(1), q.size(0)}, q.options().dtype(at::kFloat));
-  run(false, q, k, v, {}, {}, out, {}, {}, lse, {}, cu_seqlens.contiguous(), scale, dropout_p, seed);
+  run(false, q, k, v, {}, {}, out, {}, {}, lse, {}, cu_seqlens.contiguous(), scale, dropout_p, seed, keys);
   return {out, lse};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_varlen_backward(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
     const at::Tensor& lse, const at::Tensor& cu_seqlens, int64_t max_seqlen, double scale, double dropout_p,
-    int64_t seed) {
+    int64_t seed, const std::optional<at::Tensor>& keys) {
   const char* op = "attention_varlen_backward";
   check_qkv(op, q, k, v, 3);
   check_dropout(op, dropout_p);
@@ -149,21 +151,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_varlen_backward(
   check_saved(op, q, grad_out, out, lse, {q.size(1), q.size(0)});
   at::Tensor dq = at::empty(q.sizes(), q.options()), dk = at::empty_like(dq), dv = at::empty_like(dq);
   run(true, q, k, v, unit_stride(out), unit_stride(grad_out), dq, dk, dv, lse, {}, cu_seqlens.contiguous(), scale,
-      dropout_p, seed);
+      dropout_p, seed, keys);
   return {dq, dk, dv};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(fastbert_C, m) {
-  m.def("attention_forward(Tensor q, Tensor k, Tensor v, Tensor seqlens, float scale, float dropout_p, int seed) "
-        "-> (Tensor, Tensor)");
+  m.def("attention_forward(Tensor q, Tensor k, Tensor v, Tensor seqlens, float scale, float dropout_p, int seed, "
+        "Tensor? keys) -> (Tensor, Tensor)");
   m.def("attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor seqlens, "
-        "float scale, float dropout_p, int seed) -> (Tensor, Tensor, Tensor)");
+        "float scale, float dropout_p, int seed, Tensor? keys) -> (Tensor, Tensor, Tensor)");
   m.def("attention_varlen_forward(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, int max_seqlen, float scale, "
-        "float dropout_p, int seed) -> (Tensor, Tensor)");
+        "float dropout_p, int seed, Tensor? keys) -> (Tensor, Tensor)");
   m.def("attention_varlen_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
-        "Tensor cu_seqlens, int max_seqlen, float scale, float dropout_p, int seed) -> (Tensor, Tensor, Tensor)");
+        "Tensor cu_seqlens, int max_seqlen, float scale, float dropout_p, int seed, Tensor? keys) "
+        "-> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fastbert_C, CPU, m) {

@@ -42,6 +42,17 @@ void dispatch_float(const char* op, at::ScalarType dtype, Fn&& f) {
   }
 }
 
+// The optional dropout keys of `count` rows (or sequences) as contiguous int64; undefined without keys.
+inline at::Tensor dropout_keys(const char* op, const std::optional<at::Tensor>& keys, int64_t count) {
+  if (!keys) return {};
+  check_cpu(op, "keys", *keys);
+  TORCH_CHECK(keys->scalar_type() == at::kLong, op, ": keys must be int64, got ", keys->scalar_type());
+  check_shape(op, "keys", *keys, {count});
+  return keys->contiguous();
+}
+
+inline const int64_t* keys_ptr(const at::Tensor& keys) { return keys.defined() ? keys.data_ptr<int64_t>() : nullptr; }
+
 template <class T>
 T* ptr(const at::Tensor& t) {
   return t.numel() ? reinterpret_cast<T*>(t.data_ptr()) : nullptr;

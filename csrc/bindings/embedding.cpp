@@ -35,7 +35,7 @@ void check_tables(const char* op, const at::Tensor& word, const at::Tensor& toke
 std::tuple<at::Tensor, at::Tensor, at::Tensor> embedding_layer_norm_forward(
     const at::Tensor& input_ids, const at::Tensor& token_type_ids, const at::Tensor& position_ids,
     const at::Tensor& word, const at::Tensor& token_type, const at::Tensor& position, const at::Tensor& weight,
-    const at::Tensor& bias, double eps, double dropout_p, int64_t seed) {
+    const at::Tensor& bias, double eps, double dropout_p, int64_t seed, const std::optional<at::Tensor>& keys) {
   const char* op = "embedding_layer_norm_forward";
   check_tables(op, word, token_type, position);
   TORCH_CHECK(dropout_p >= 0 && dropout_p < 1, op, ": dropout_p must be in [0, 1), got ", dropout_p);
@@ -45,6 +45,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> embedding_layer_norm_forward(
   const at::Tensor types = indices(op, "token_type_ids", token_type_ids, rows, token_type.size(0));
   const at::Tensor pos = indices(op, "position_ids", position_ids, rows, position.size(0));
   const at::Tensor w = vector_f32(op, "weight", weight, n), b = vector_f32(op, "bias", bias, n);
+  const at::Tensor k = dropout_keys(op, keys, rows);
   at::Tensor out = at::empty({rows, n}, word.options());
   at::Tensor mean = at::empty({rows}, word.options().dtype(at::kFloat)), rstd = at::empty_like(mean);
   dispatch_float(op, word.scalar_type(), [&](auto t) {
@@ -56,7 +57,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> embedding_layer_norm_forward(
     args.weight = ptr<float>(w), args.bias = ptr<float>(b), args.out = ptr<T>(out);
     args.mean = ptr<float>(mean), args.rstd = ptr<float>(rstd);
     args.rows = rows, args.n = n, args.eps = static_cast<float>(eps), args.dropout_p = dropout_p;
-    args.seed = static_cast<uint64_t>(seed);
+    args.seed = static_cast<uint64_t>(seed), args.keys = keys_ptr(k);
     cpu::embedding_layer_norm_forward(args);
   });
   return {out, mean, rstd};
@@ -66,7 +67,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> embedding
     const at::Tensor& grad_out, const at::Tensor& input_ids, const at::Tensor& token_type_ids,
     const at::Tensor& position_ids, const at::Tensor& word, const at::Tensor& token_type, const at::Tensor& position,
     const at::Tensor& weight, const at::Tensor& mean, const at::Tensor& rstd, double dropout_p, int64_t seed,
-    int64_t padding_idx) {
+    const std::optional<at::Tensor>& keys, int64_t padding_idx) {
   const char* op = "embedding_layer_norm_backward";
   check_tables(op, word, token_type, position);
   TORCH_CHECK(input_ids.dim() == 1, op, ": input_ids must be 1-D [tokens], got shape ", input_ids.sizes());
@@ -84,7 +85,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> embedding
     check_shape(op, name, t, {rows});
   }
   const at::Tensor g = grad_out.contiguous(), w = vector_f32(op, "weight", weight, n);
-  const at::Tensor mu = mean.contiguous(), rs = rstd.contiguous();
+  const at::Tensor mu = mean.contiguous(), rs = rstd.contiguous(), k = dropout_keys(op, keys, rows);
   const auto f32 = word.options().dtype(at::kFloat);
   at::Tensor grad_word = at::empty_like(word), grad_type = at::empty_like(token_type);
   at::Tensor grad_pos = at::empty_like(position), gw = at::empty({n}, f32), gb = at::empty({n}, f32);
@@ -99,7 +100,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> embedding
     args.grad_weight = ptr<float>(gw), args.grad_bias = ptr<float>(gb);
     args.vocab = word.size(0), args.types = token_type.size(0), args.positions = position.size(0);
     args.rows = rows, args.n = n, args.dropout_p = dropout_p, args.seed = static_cast<uint64_t>(seed);
-    args.padding_idx = padding_idx;
+    args.padding_idx = padding_idx, args.keys = keys_ptr(k);
     cpu::embedding_layer_norm_backward(args);
   });
   return {grad_word, grad_type, grad_pos, gw, gb};
@@ -109,11 +110,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> embedding
 
 TORCH_LIBRARY_FRAGMENT(fastbert_C, m) {
   m.def("embedding_layer_norm_forward(Tensor input_ids, Tensor token_type_ids, Tensor position_ids, Tensor word, "
-        "Tensor token_type, Tensor position, Tensor weight, Tensor bias, float eps, float dropout_p, int seed) "
+        "Tensor token_type, Tensor position, Tensor weight, Tensor bias, float eps, float dropout_p, int seed, "
+        "Tensor? keys) "
         "-> (Tensor, Tensor, Tensor)");
   m.def("embedding_layer_norm_backward(Tensor grad_out, Tensor input_ids, Tensor token_type_ids, "
         "Tensor position_ids, Tensor word, Tensor token_type, Tensor position, Tensor weight, Tensor mean, "
-        "Tensor rstd, float dropout_p, int seed, int padding_idx) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+        "Tensor rstd, float dropout_p, int seed, Tensor? keys, int padding_idx) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fastbert_C, CPU, m) {

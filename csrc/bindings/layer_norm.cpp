@@ -7,7 +7,8 @@ namespace {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_forward(
     const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const std::optional<at::Tensor>& residual,
-    const std::optional<at::Tensor>& input_bias, double eps, double dropout_p, int64_t seed) {
+    const std::optional<at::Tensor>& input_bias, double eps, double dropout_p, int64_t seed,
+    const std::optional<at::Tensor>& keys) {
   const char* op = "layer_norm_forward";
   check_float(op, "x", x);
   TORCH_CHECK(x.dim() == 2, op, ": x must be 2-D [rows, n], got shape ", x.sizes());
@@ -23,6 +24,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_forward(
     // the kernels read a residual in x's dtype or fp32
     res = residual->scalar_type() == x.scalar_type() ? residual->contiguous() : residual->to(at::kFloat).contiguous();
   }
+  const at::Tensor k = dropout_keys(op, keys, rows);
   const bool keep_h = residual || input_bias || dropout_p > 0;
   at::Tensor out = at::empty_like(x), h = keep_h ? at::empty_like(x) : x.new_empty({0});
   at::Tensor mean = x.new_empty({rows}, x.options().dtype(at::kFloat)), rstd = at::empty_like(mean);
@@ -33,7 +35,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_forward(
       cpu::layer_norm_forward(cpu::LayerNormForward<T, R>{
           ptr<T>(x), res.defined() ? ptr<R>(res) : nullptr, ib.defined() ? ptr<float>(ib) : nullptr, ptr<float>(w),
           ptr<float>(b), ptr<T>(out), keep_h ? ptr<T>(h) : nullptr, ptr<float>(mean), ptr<float>(rstd), rows, n,
-          static_cast<float>(eps), dropout_p, static_cast<uint64_t>(seed)});
+          static_cast<float>(eps), dropout_p, static_cast<uint64_t>(seed), keys_ptr(k)});
     };
     if (res.defined() && res.scalar_type() == at::kFloat) run(float{});
     else run(T{});
@@ -43,7 +45,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_forward(
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_backward(
     const at::Tensor& grad_out, const at::Tensor& h, const at::Tensor& weight, const at::Tensor& mean,
-    const at::Tensor& rstd, double dropout_p, int64_t seed, bool has_input_bias) {
+    const at::Tensor& rstd, double dropout_p, int64_t seed, const std::optional<at::Tensor>& keys,
+    bool has_input_bias) {
   const char* op = "layer_norm_backward";
   check_float(op, "h", h);
   TORCH_CHECK(h.dim() == 2, op, ": h must be 2-D [rows, n], got shape ", h.sizes());
@@ -59,7 +62,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_nor
     TORCH_CHECK(t.scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ", t.scalar_type());
     check_shape(op, name, t, {rows});
   }
-  const at::Tensor mu = mean.contiguous(), rs = rstd.contiguous();
+  const at::Tensor mu = mean.contiguous(), rs = rstd.contiguous(), k = dropout_keys(op, keys, rows);
   at::Tensor grad_h = at::empty_like(h), grad_x = dropout_p > 0 ? at::empty_like(h) : h.new_empty({0});
   const auto f32 = h.options().dtype(at::kFloat);
   at::Tensor gw = at::empty({n}, f32), gb = at::empty({n}, f32);
@@ -69,7 +72,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_nor
     cpu::layer_norm_backward(cpu::LayerNormBackward<T>{
         ptr<T>(g), ptr<T>(h), ptr<float>(w), ptr<float>(mu), ptr<float>(rs), ptr<T>(grad_h),
         dropout_p > 0 ? ptr<T>(grad_x) : nullptr, ptr<float>(gw), ptr<float>(gb),
-        has_input_bias ? ptr<float>(gib) : nullptr, rows, n, dropout_p, static_cast<uint64_t>(seed)});
+        has_input_bias ? ptr<float>(gib) : nullptr, rows, n, dropout_p, static_cast<uint64_t>(seed), keys_ptr(k)});
   });
   return {grad_h, grad_x, gw, gb, gib};
 }
@@ -78,9 +81,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_nor
 
 TORCH_LIBRARY_FRAGMENT(fastbert_C, m) {
   m.def("layer_norm_forward(Tensor x, Tensor weight, Tensor bias, Tensor? residual, Tensor? input_bias, float eps, "
-        "float dropout_p, int seed) -> (Tensor, Tensor, Tensor, Tensor)");
+        "float dropout_p, int seed, Tensor? keys) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("layer_norm_backward(Tensor grad_out, Tensor h, Tensor weight, Tensor mean, Tensor rstd, float dropout_p, "
-        "int seed, bool has_input_bias) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+        "int seed, Tensor? keys, bool has_input_bias) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fastbert_C, CPU, m) {

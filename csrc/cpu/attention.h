@@ -36,6 +36,7 @@ struct AttentionArgs {
   float scale;
   double dropout_p;
   uint64_t seed;
+  const int64_t* keys = nullptr;  // [batch] the sequences' dropout keys, or null: their indices b
 };
 
 constexpr int64_t kBlockQ = 64;

@@ -177,7 +177,7 @@ void attention_forward_tasks(const AttentionArgs<T>& a, int64_t max_len) {
         float* row = s.get() + i * Lp;
         a.lse[b * a.lse_seq + h * a.lse_head + start + q0 + i] = softmax_row(row, L);
         if (a.dropout_p > 0) {
-          const uint64_t first = philox::attention_index(b, H, h, q0 + i, 0);
+          const uint64_t first = philox::attention_index(philox::key_of(a.keys, b), H, h, q0 + i, 0);
           apply_dropout(row, L, dropout_bits(a.seed, first, L, bits_buf.get()), threshold, keep_scale, row);
         }
       }
@@ -234,7 +234,7 @@ void attention_backward_tasks(const AttentionArgs<T>& a, int64_t max_len) {
         const F lse = set1(a.lse[b * a.lse_seq + h * a.lse_head + start + q0 + i]);
         for (int64_t j = 0; j < L; j += W) store(row + j, keep_only(first_lanes(L - j), exp(load(row + j) - lse)));
         if (dropout) {
-          const uint64_t first = philox::attention_index(b, H, h, q0 + i, 0);
+          const uint64_t first = philox::attention_index(philox::key_of(a.keys, b), H, h, q0 + i, 0);
           bits[i] = dropout_bits(a.seed, first, L, bits_buf.get() + i * bits_stride);
           apply_dropout(row, L, bits[i], threshold, keep_scale, pd.get() + i * Lp);
         }

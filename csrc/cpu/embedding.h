@@ -23,6 +23,7 @@ struct EmbeddingLayerNormArgs {
   double dropout_p;
   uint64_t seed;
   int64_t padding_idx;        // the word row that gets no gradient, or -1
+  const int64_t* keys = nullptr;  // [rows] the tokens' dropout keys (element key * n + col), or null: row indices
 };
 
 template <class T>

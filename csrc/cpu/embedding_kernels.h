@@ -21,7 +21,8 @@ void embedding_layer_norm_forward_rows(const EmbeddingLayerNormArgs<T>& a, int64
     embedding_sum_row(a, r, buf.get());
     float mean, rstd;
     row_moments(buf.get(), n, a.eps, mean, rstd);
-    const uint16_t* bits = a.dropout_p > 0 ? dropout_bits(a.seed, r * n, n, bits_buf.get()) : nullptr;
+    const uint16_t* bits =
+        a.dropout_p > 0 ? dropout_bits(a.seed, philox::key_of(a.keys, r) * n, n, bits_buf.get()) : nullptr;
     for (int64_t j = 0; j < n; j += W) {
       F y = fma((load(buf.get() + j) - set1(mean)) * set1(rstd), load(a.weight + j, n - j), load(a.bias + j, n - j));
       if (bits) y = keep_only(keep(bits + j, threshold), y * set1(scale));
@@ -43,7 +44,8 @@ void embedding_layer_norm_backward_rows(const EmbeddingLayerNormArgs<T>& a, int6
   const F scale = set1(static_cast<float>(1.0 / (1.0 - a.dropout_p)));
   for (int64_t r = r0; r < r1; ++r) {
     embedding_sum_row(a, r, h.get());
-    const uint16_t* bits = a.dropout_p > 0 ? dropout_bits(a.seed, r * n, n, bits_buf.get()) : nullptr;
+    const uint16_t* bits =
+        a.dropout_p > 0 ? dropout_bits(a.seed, philox::key_of(a.keys, r) * n, n, bits_buf.get()) : nullptr;
     for (int64_t j = 0; j < n; j += W) {  // the gradient at the norm's output: through the dropout
       const F go = load(a.grad_out + r * n + j, n - j);
       store(g.get() + j, bits ? keep_only(keep(bits + j, threshold), go * scale) : go);

@@ -21,6 +21,7 @@ struct LayerNormForward {
   float eps;
   double dropout_p;
   uint64_t seed;
+  const int64_t* keys = nullptr;  // [rows] the rows' dropout keys (element key * n + col), or null: row indices
 };
 
 template <class T>
@@ -38,6 +39,7 @@ struct LayerNormBackward {
   int64_t rows, n;
   double dropout_p;
   uint64_t seed;
+  const int64_t* keys = nullptr;  // [rows] as in LayerNormForward
 };
 
 template <class T, class R>

@@ -1,6 +1,6 @@
 // (Compiled once per instruction set by cpu/for_each_isa.h.) LayerNorm rows r0 .. r1 - 1, one row at a
 // time in fp32: the pre-norm row lives in an L1-sized buffer, so x, residual, grad_out and h are read
-// from memory once. Dropout bits come from Philox in the row-wise scheme (element r * n + c).
+// from memory once. Dropout bits come from Philox in the row-wise scheme (element key(r) * n + c).
 #include "cpu/norm_rows.h"
 
 template <class T, class R>
@@ -13,7 +13,8 @@ void layer_norm_forward_rows(const LayerNormForward<T, R>& a, int64_t r0, int64_
   const F scale = set1(static_cast<float>(1.0 / (1.0 - a.dropout_p)));
   for (int64_t r = r0; r < r1; ++r) {
     const T* x = a.x + r * n;
-    const uint16_t* bits = a.dropout_p > 0 ? dropout_bits(a.seed, r * n, n, bits_buf.get()) : nullptr;
+    const uint16_t* bits =
+        a.dropout_p > 0 ? dropout_bits(a.seed, philox::key_of(a.keys, r) * n, n, bits_buf.get()) : nullptr;
     for (int64_t j = 0; j < n; j += W) {  // h = dropout(x + input_bias) + residual
       F v = load(x + j, n - j);
       if (a.input_bias) v = v + load(a.input_bias + j, n - j);
@@ -44,7 +45,8 @@ void layer_norm_backward_rows(const LayerNormBackward<T>& a, int64_t r0, int64_t
   const uint32_t threshold = philox::threshold(a.dropout_p);
   const F scale = set1(static_cast<float>(1.0 / (1.0 - a.dropout_p)));
   for (int64_t r = r0; r < r1; ++r) {
-    const uint16_t* bits = a.grad_x ? dropout_bits(a.seed, r * n, n, bits_buf.get()) : nullptr;
+    const uint16_t* bits =
+        a.grad_x ? dropout_bits(a.seed, philox::key_of(a.keys, r) * n, n, bits_buf.get()) : nullptr;
     row_backward(a.grad_out + r * n, a.h + r * n, a.weight, a.mean[r], a.rstd[r], n, gw, gb, [&](int64_t j, F dh) {
       store(a.grad_h + r * n + j, dh, n - j);
       if (bits) {

@@ -14,6 +14,10 @@ index) counts global batches, so a run resumes with any number of ranks.
 
 A batch of a bi-encoder task holds all its texts in one tokenized batch, view-major: the first texts
 of every example, then the second texts (one encoder call for u and v).
+
+Dropout: a batch keys each sequence by its example's position in the data and its view (dropout_keys,
+fastbert.ops.philox), and a TaskBatch's `index` keys a head's rows, so an example draws the same masks
+whichever batch share, rank or packing it lands in: N ranks train with the one-process masks.
 """
 from __future__ import annotations
 
@@ -138,8 +142,9 @@ class Loader:
         if self.data.labels is not None:
             values = [self.data.labels[i] for i in idx]
             labels = torch.tensor(values, dtype=torch.float32 if isinstance(values[0], float) else torch.long)
-        return TaskBatch(self.tokenizer.collate(flat, packed=self.packed), views, labels,
-                         torch.as_tensor(idx, dtype=torch.long), seed)
+        inputs = dataclasses.replace(self.tokenizer.collate(flat, packed=self.packed),
+                                     dropout_keys=sequence_keys(idx, views))
+        return TaskBatch(inputs, views, labels, torch.as_tensor(idx, dtype=torch.long), seed)
 
     def __iter__(self):
         """One epoch (epoch 0) of this rank's shares; a rank with no share of a batch skips it (evaluation)."""
@@ -147,6 +152,13 @@ class Loader:
             mine = self.share(idx)
             if len(mine):
                 yield self.batch(mine, seed=mix(self.seed, 0, i))
+
+
+def sequence_keys(idx: np.ndarray, views: int) -> torch.Tensor:
+    """int64 [views * len(idx)], view-major as a batch's sequences: example idx[e]'s view v has key idx[e] * views + v,
+    unique within a data set."""
+    idx = torch.as_tensor(np.asarray(idx, dtype=np.int64))
+    return (idx[None, :] * views + torch.arange(views)[:, None]).reshape(-1)
 
 
 def mix(*xs: int) -> int:

@@ -1,4 +1,4 @@
 """Drop-in nn.Modules over fastbert.ops."""
-from fastbert.nn.modules import BiasGELU, LayerNorm, SelfAttention
+from fastbert.nn.modules import BiasGELU, Dropout, LayerNorm, SelfAttention
 
-__all__ = ["BiasGELU", "LayerNorm", "SelfAttention"]
+__all__ = ["BiasGELU", "Dropout", "LayerNorm", "SelfAttention"]

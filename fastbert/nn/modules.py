@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from fastbert import ops
+from fastbert.ops import philox
 
 
 class LayerNorm(nn.Module):
@@ -16,13 +17,29 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(hidden_size))
         self.eps, self.dropout = eps, dropout
 
-    def forward(self, x, residual=None, input_bias=None):
+    def forward(self, x, residual=None, input_bias=None, dropout_keys=None):
+        """dropout_keys: int64 x.shape[:-1], the rows' keys in the dropout mask (fastbert.ops.philox)."""
         p = self.dropout if self.training else 0.0
         return ops.layer_norm(x, self.weight, self.bias, self.eps, residual=residual,
-                              input_bias=input_bias, dropout_p=p)
+                              input_bias=input_bias, dropout_p=p, dropout_keys=dropout_keys)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}, dropout={self.dropout}"
+
+
+class Dropout(nn.Module):
+    """nn.Dropout on rows [rows, n] with Philox masks keyed by row (fastbert.ops.philox.dropout): a row keyed by
+    its example draws the same mask in whichever batch, share or rank it sits."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x, keys=None):
+        return philox.dropout(x, self.p if self.training else 0.0, keys)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class BiasGELU(nn.Module):
@@ -40,7 +57,8 @@ class SelfAttention(nn.Module):
     """Bidirectional multi-head self-attention with one fused QKV projection (no output projection).
 
     Padded input [B, S, hidden] with `seqlens` [B] (right padding), or packed input [T, hidden] with
-    `cu_seqlens` and `max_seqlen`. Returns the attention context in the input's layout.
+    `cu_seqlens` and `max_seqlen`. Returns the attention context in the input's layout. dropout_keys: int64
+    [num_seqs], the sequences' keys in the dropout mask (fastbert.ops.philox).
     """
 
     def __init__(self, hidden_size: int, num_heads: int, dropout: float = 0.0, bias: bool = True):
@@ -50,12 +68,12 @@ class SelfAttention(nn.Module):
         self.num_heads, self.head_dim, self.dropout = num_heads, hidden_size // num_heads, dropout
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=bias)
 
-    def forward(self, x, seqlens=None, cu_seqlens=None, max_seqlen=None):
+    def forward(self, x, seqlens=None, cu_seqlens=None, max_seqlen=None, dropout_keys=None):
         p = self.dropout if self.training else 0.0
         qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim))
         q, k, v = qkv.unbind(-3)
         if cu_seqlens is not None:
-            out = ops.attention_varlen(q, k, v, cu_seqlens, max_seqlen, dropout_p=p)
+            out = ops.attention_varlen(q, k, v, cu_seqlens, max_seqlen, dropout_p=p, dropout_keys=dropout_keys)
         else:
-            out = ops.attention(q, k, v, seqlens, dropout_p=p)
+            out = ops.attention(q, k, v, seqlens, dropout_p=p, dropout_keys=dropout_keys)
         return out.flatten(-2)

@@ -7,10 +7,15 @@ repeatable) and gives each element a 64-bit index `i`. The element's 16 random b
     bits16 = (r[(i & 7) >> 1] >> (16 * (i & 1))) & 0xffff
 
 which is `tl.randint4x(seed, i >> 3)` in Triton, so one Philox call feeds 8 elements. The element is
-kept iff bits16 >= threshold(p) = round(p * 65536) and then scaled by 1 / (1 - p). Element indices:
-  - row-wise ops on a [rows, n] view (layer norm):  i = row * n + col
-  - attention probabilities:  i = ((seq * heads + head) << 32) | (q << 16) | k, with q, k positions
+kept iff bits16 >= threshold(p) = round(p * 65536) and then scaled by 1 / (1 - p). Element indices, from
+the op's `dropout_keys` (int64 >= 0; None: a row's or sequence's position in the call; every index below 2**63):
+  - row-wise ops on a [rows, n] view (layer norm, embedding):  i = key[row] * n + col
+  - attention probabilities:  i = ((key[seq] * heads + head) << 32) | (q << 16) | k, with q, k positions
     inside the sequence, so packed (varlen) and padded batches draw the same mask.
+The model keys its sites by sequence (`BertModel(dropout_keys=...)`, one key per sequence; a token row's key
+is token_keys(): (sequence key << 16) | position), and the training data keys each sequence by its
+example's position in the data set and its view (fastbert.data.batching). So an element's mask depends on
+the example and the position only: not on the batch's packing or padding, nor on how ranks share it.
 Backward passes regenerate the mask from (seed, i) instead of storing it.
 This module is the reference implementation; the kernels reproduce it exactly.
 """
@@ -21,6 +26,7 @@ import torch
 from fastbert.kernels import dropout_threshold as threshold  # the formula the kernels use, defined with them
 
 _M32 = 0xFFFFFFFF
+POSITION_BITS = 16  # token_keys: positions inside a sequence below 2**16, as attention's q and k
 _ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57
 _KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85
 
@@ -64,17 +70,54 @@ def bits16(seed: int, starts: torch.Tensor, n: int) -> torch.Tensor:
     return halves.reshape(len(starts), groups * 8)[:, :n].to(torch.int32)
 
 
-def keep_mask_rows(seed: int, p: float, rows: int, n: int, device=None) -> torch.Tensor:
-    """Keep mask of a row-wise dropout site on a [rows, n] view (index row * n + col)."""
-    bits = bits16(seed, torch.zeros(1, dtype=torch.int64, device=device), rows * n)
-    return (bits >= threshold(p)).reshape(rows, n)
+def keep_mask_rows(seed: int, p: float, rows: int, n: int, device=None, keys: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """Keep mask of a row-wise dropout site on a [rows, n] view (index key[row] * n + col; keys None: the row)."""
+    if keys is None:
+        bits = bits16(seed, torch.zeros(1, dtype=torch.int64, device=device), rows * n)
+        return (bits >= threshold(p)).reshape(rows, n)
+    starts = keys.to(device=device, dtype=torch.int64).reshape(-1) * n
+    skip = starts & 7  # a row starting inside a Philox group: generate from the group's start, then skip
+    bits = bits16(seed, starts - skip, n + 7)
+    bits = bits.gather(1, skip[:, None] + torch.arange(n, device=bits.device)[None, :])
+    return bits >= threshold(p)
 
 
 def keep_mask_attention(seed: int, p: float, seqs: int, heads: int, q_len: int, k_len: int,
-                        device=None) -> torch.Tensor:
-    """Keep mask [seqs, heads, q_len, k_len] of attention-probability dropout."""
-    sh = torch.arange(seqs * heads, dtype=torch.int64, device=device)[:, None]
+                        device=None, keys: torch.Tensor | None = None) -> torch.Tensor:
+    """Keep mask [seqs, heads, q_len, k_len] of attention-probability dropout (keys [seqs]; None: 0 .. seqs-1)."""
+    keys = torch.arange(seqs, device=device) if keys is None else keys.to(device)
+    sh = (keys.to(torch.int64)[:, None] * heads + torch.arange(heads, device=device)).reshape(-1, 1)
     q = torch.arange(q_len, dtype=torch.int64, device=device)[None, :]
     starts = (sh << 32) | (q << 16)
     bits = bits16(seed, starts, k_len)
     return (bits >= threshold(p)).reshape(seqs, heads, q_len, k_len)
+
+
+def dropout(x: torch.Tensor, p: float, keys: torch.Tensor | None = None,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Dropout of x [rows, n] as a row-wise site in plain PyTorch (a task head's few rows): keys int64 [rows]
+    (None: 0 .. rows-1), so a row keeps its mask in whichever batch or rank it sits."""
+    if p == 0:
+        return x
+    n = x.shape[-1]
+    if keys is not None:
+        check_keys("dropout", keys, x.numel() // n, x.device, 2**63 // n)
+    keep = keep_mask_rows(draw_seed(generator), p, x.numel() // n, n, x.device, keys).view(x.shape)
+    return x * keep * (1.0 / (1.0 - p))
+
+
+def token_keys(seq_keys: torch.Tensor, seq: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """The row-wise keys of tokens at positions `pos` of sequences `seq`: (seq_keys[seq] << 16) | pos, int64."""
+    return (seq_keys.to(torch.int64)[seq] << POSITION_BITS) | pos.to(torch.int64)
+
+
+def check_keys(op: str, keys: torch.Tensor, count: int, device: torch.device, limit: int) -> None:
+    """`keys`: int64 [count] on `device`, values in [0, limit) (checked on the CPU: on CUDA it would synchronise).
+    limit: 2**63 // n for a row-wise site of n columns, 2**31 // heads for attention."""
+    if keys.dtype != torch.int64 or tuple(keys.shape) != (count,) or keys.device != device:
+        raise ValueError(f"{op}: dropout_keys must be an int64 tensor of shape [{count}] on {device}, got "
+                         f"{keys.dtype} {list(keys.shape)} on {keys.device}")
+    if keys.device.type == "cpu" and count and (int(keys.min()) < 0 or int(keys.max()) >= limit):
+        raise ValueError(f"{op}: dropout_keys must lie in [0, {limit}), got values in "
+                         f"[{int(keys.min())}, {int(keys.max())}]")

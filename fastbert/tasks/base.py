@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from fastbert import collectives
+from fastbert import nn as fnn
 from fastbert.config import BertConfig
 from fastbert.data import batching
 from fastbert.data.readers import Example
@@ -102,16 +103,28 @@ class Task(nn.Module):
         e = pool(out, batch.inputs, self.pooling).float()
         return e.view(batch.views, len(batch), -1)
 
-    def loss(self, encode: Encode, batch: batching.TaskBatch) -> torch.Tensor:
-        return self.loss_on(self.embed(encode, batch), batch.labels)
+    @staticmethod
+    def dropout_linear(p: float, width: int, out: int) -> nn.Sequential:
+        """A head (dropout, linear); `apply_head` runs it."""
+        return nn.Sequential(fnn.Dropout(p), nn.Linear(width, out))
 
-    def loss_on(self, e: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The loss of pooled embeddings e [views, n, hidden] against their labels."""
+    def apply_head(self, x: torch.Tensor, batch: batching.TaskBatch) -> torch.Tensor:
+        """self.head (dropout_linear) on x [n, width], one row per example of `batch`: the dropout mask of a row
+        is keyed by its example's position in the data (batch.index), as the encoder's (fastbert.ops.philox),
+        so ranks sharing a batch draw the one-process masks."""
+        dropout, linear = self.head
+        return linear(dropout(x, batch.index.to(x.device)))
+
+    def loss(self, encode: Encode, batch: batching.TaskBatch) -> torch.Tensor:
+        return self.loss_on(self.embed(encode, batch), batch)
+
+    def loss_on(self, e: torch.Tensor, batch: batching.TaskBatch) -> torch.Tensor:
+        """The loss of pooled embeddings e [views, n, hidden] of `batch` against its labels."""
         raise NotImplementedError
 
-    def outputs(self, e: torch.Tensor) -> torch.Tensor:
-        """The raw outputs of pooled embeddings e, fp32: logits [n, classes] (smoothness "kl") or scores [n]
-        ("mse")."""
+    def outputs(self, e: torch.Tensor, batch: batching.TaskBatch) -> torch.Tensor:
+        """The raw outputs of pooled embeddings e of `batch` (whose example indices key the head's dropout),
+        fp32: logits [n, classes] (smoothness "kl") or scores [n] ("mse")."""
         raise NotImplementedError
 
     def predict(self, encode: Encode, batch: batching.TaskBatch) -> torch.Tensor:

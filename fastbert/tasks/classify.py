@@ -2,8 +2,6 @@
 embedding, cross entropy, accuracy."""
 from __future__ import annotations
 
-from torch import nn
-
 from fastbert.tasks import losses, metrics
 from fastbert.tasks.base import Task
 
@@ -16,16 +14,16 @@ class Classify(Task):
 
     def __init__(self, name, cfg, config):
         super().__init__(name, cfg, config)
-        self.head = nn.Sequential(nn.Dropout(cfg["dropout"]), nn.Linear(self.hidden_size, cfg["num_labels"]))
+        self.head = self.dropout_linear(cfg["dropout"], self.hidden_size, cfg["num_labels"])
 
     def logits(self, encode, batch):
-        return self.head(self.embed(encode, batch)[0])
+        return self.outputs(self.embed(encode, batch), batch)
 
-    def outputs(self, e):
-        return self.head(e[0]).float()
+    def outputs(self, e, batch):
+        return self.apply_head(e[0], batch).float()
 
-    def loss_on(self, e, labels):
-        return losses.cross_entropy(self.outputs(e), labels)
+    def loss_on(self, e, batch):
+        return losses.cross_entropy(self.outputs(e, batch), batch.labels)
 
     def predict(self, encode, batch):
         return self.logits(encode, batch).argmax(-1)

@@ -17,19 +17,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from fastbert.tasks import losses, metrics
 from fastbert.tasks.base import Task
 
 DEFAULTS = {"num_labels": 2, "encoder": "bi", "loss": "softmax", "dropout": 0.1, "margin": 0.5, "mnr_scale": 20.0,
             "threshold": None}
-# loss name -> the loss of a PairClassify task, its embeddings e ((u, v); (pair,) for a cross-encoder), labels y
+# loss name -> the loss of a PairClassify task, its embeddings e ((u, v); (pair,) for a cross-encoder), the batch b
 LOSSES = {
-    "softmax": lambda task, e, y: losses.cross_entropy(task._logits(e), y),
-    "cosine_mse": lambda task, e, y: losses.cosine_mse(e[0], e[1], y),
-    "contrastive": lambda task, e, y: losses.margin_contrastive(e[0], e[1], y, task.cfg["margin"]),
-    "mnr": lambda task, e, y: losses.multiple_negatives_ranking(e[0], e[1], y == 1, task.cfg["mnr_scale"]),
+    "softmax": lambda task, e, b: losses.cross_entropy(task._logits(e, b), b.labels),
+    "cosine_mse": lambda task, e, b: losses.cosine_mse(e[0], e[1], b.labels),
+    "contrastive": lambda task, e, b: losses.margin_contrastive(e[0], e[1], b.labels, task.cfg["margin"]),
+    "mnr": lambda task, e, b: losses.multiple_negatives_ranking(e[0], e[1], b.labels == 1, task.cfg["mnr_scale"]),
 }
 CALIBRATION = 2000  # training pairs a cosine loss's threshold is chosen on
 
@@ -69,7 +68,7 @@ class PairClassify(Task):
         self.head = None
         if self.loss_name == "softmax":
             width = self.hidden_size if self.cross else 3 * self.hidden_size
-            self.head = nn.Sequential(nn.Dropout(cfg["dropout"]), nn.Linear(width, n))
+            self.head = self.dropout_linear(cfg["dropout"], width, n)
         threshold = cfg.get("threshold")
         self.fixed_threshold = threshold is not None
         self.calibration = None  # a Loader of training pairs the threshold is chosen on (cosine losses)
@@ -79,29 +78,29 @@ class PairClassify(Task):
                 1.0 - cfg["margin"] / 2 if self.loss_name == "contrastive" else 0.5)
             self.register_buffer("threshold", torch.tensor(float(default)))
 
-    def _logits(self, e):
-        return self.head(e[0] if self.cross else losses.pair_features(e[0], e[1])).float()
+    def _logits(self, e, batch):
+        return self.apply_head(e[0] if self.cross else losses.pair_features(e[0], e[1]), batch).float()
 
     @property
     def smoothness(self) -> str:
         """SMART's divergence: of the logits (softmax loss), else of the cosine (a score)."""
         return "kl" if self.loss_name == "softmax" else "mse"
 
-    def outputs(self, e):
-        return self._logits(e) if self.loss_name == "softmax" else F.cosine_similarity(e[0], e[1], dim=-1)
+    def outputs(self, e, batch):
+        return self._logits(e, batch) if self.loss_name == "softmax" else F.cosine_similarity(e[0], e[1], dim=-1)
 
-    def loss_on(self, e, labels):
-        return LOSSES[self.loss_name](self, e, labels)
+    def loss_on(self, e, batch):
+        return LOSSES[self.loss_name](self, e, batch)
 
     def predict(self, encode, batch):
         e = self.embed(encode, batch)
         if self.loss_name == "softmax":
-            return self._logits(e).argmax(-1)
+            return self._logits(e, batch).argmax(-1)
         return (F.cosine_similarity(e[0], e[1], dim=-1) > self.threshold).long()
 
     def proba(self, encode, batch):
         """Class probabilities [n, num_labels], fp32 (softmax loss only)."""
-        return self._logits(self.embed(encode, batch)).softmax(-1)
+        return self._logits(self.embed(encode, batch), batch).softmax(-1)
 
     @property
     def calibrates(self) -> bool:

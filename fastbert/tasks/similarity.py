@@ -9,7 +9,6 @@ Predictions are clipped to the task's score_range (else [0, score_max]).
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import nn
 
 from fastbert import collectives
 from fastbert.tasks import losses, metrics
@@ -36,23 +35,23 @@ class Similarity(Task):
         if self.kind == "bi" and self.loss_name not in LOSSES:
             raise ValueError(f"{name}: a bi-encoder takes a loss in {tuple(LOSSES)}, got {self.loss_name!r}")
         self.cross = self.kind == "cross"
-        self.head = nn.Sequential(nn.Dropout(cfg["dropout"]), nn.Linear(self.hidden_size, 1)) if self.cross else None
+        self.head = self.dropout_linear(cfg["dropout"], self.hidden_size, 1) if self.cross else None
         self.score_range = tuple(float(x) for x in (cfg.get("score_range") or (0.0, self.score_max)))
 
-    def outputs(self, e):
+    def outputs(self, e, batch):
         """Unclipped scores [n]: the head's (cross-encoder), else score_max * cos(u, v)."""
         if self.cross:
-            return self.head(e[0]).float().squeeze(-1)
+            return self.apply_head(e[0], batch).float().squeeze(-1)
         return self.score_max * F.cosine_similarity(e[0], e[1], dim=-1)
 
-    def loss_on(self, e, labels):
+    def loss_on(self, e, batch):
         if self.cross:
-            return collectives.global_mean((self.outputs(e) - labels).square())
-        return LOSSES[self.loss_name](self, e, labels)
+            return collectives.global_mean((self.outputs(e, batch) - batch.labels).square())
+        return LOSSES[self.loss_name](self, e, batch.labels)
 
     def predict(self, encode, batch):
         """Scores [n] in score_range."""
-        return self.outputs(self.embed(encode, batch)).clamp(*self.score_range)
+        return self.outputs(self.embed(encode, batch), batch).clamp(*self.score_range)
 
     def score(self, pred, gold):
         return {"pearson": metrics.pearson(pred, gold)}

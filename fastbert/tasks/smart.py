@@ -67,14 +67,14 @@ def loss(task: Task, encode: Encode, batch: TaskBatch, settings: dict) -> torch.
     if not applies(task, encode, settings):
         return task.loss(encode, batch)
     e = task.embed(encode, batch)
-    reg = regularizer(task, encode, batch, task.outputs(e), settings)
-    return task.loss_on(e, batch.labels) + settings["weight"] * reg
+    reg = regularizer(task, encode, batch, task.outputs(e, batch), settings)
+    return task.loss_on(e, batch) + settings["weight"] * reg
 
 
 def regularizer(task: Task, encode: Encode, batch: TaskBatch, clean: torch.Tensor, settings: dict) -> torch.Tensor:
     """The mean over the global batch of ls(f(x), f(x + delta)) at the adversarial delta; clean: f(x)."""
     delta = adversarial(task, encode, batch, clean.detach(), settings)
-    perturbed = task.outputs(task.embed(encode, batch, delta))
+    perturbed = task.outputs(task.embed(encode, batch, delta), batch)
     return collectives.global_mean(divergence(task.smoothness, perturbed, clean))
 
 
@@ -87,7 +87,7 @@ def adversarial(task: Task, encode: Encode, batch: TaskBatch, clean: torch.Tenso
     for _ in range(settings["steps"]):
         with torch.enable_grad():
             delta.requires_grad_(True)
-            d = divergence(task.smoothness, task.outputs(task.embed(encode, batch, delta)), clean).sum()
+            d = divergence(task.smoothness, task.outputs(task.embed(encode, batch, delta), batch), clean).sum()
             grad, = torch.autograd.grad(d, delta)
         delta = ascent(delta.detach(), grad, batch.inputs, settings["step"], settings["eps"])
     return delta

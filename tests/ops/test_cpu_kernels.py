@@ -85,11 +85,13 @@ def test_layer_norm(isa, shape, variant, dtype, tol):
     _check(fn, inputs, tol, f"layer_norm {variant}")
 
 
-def test_layer_norm_dropout_mask_is_philox(isa):
+@pytest.mark.parametrize("keyed", [False, True])
+def test_layer_norm_dropout_mask_is_philox(isa, keyed):
     rows, n, p, seed = 9, 45, 0.3, 1234  # odd n: rows start inside a Philox block
     x = torch.randn(rows, n)
-    h = torch.ops.fastbert_C.layer_norm_forward(x, torch.ones(n), torch.zeros(n), None, None, 1e-5, p, seed)[1]
-    keep = philox.keep_mask_rows(seed, p, rows, n)
+    keys = torch.tensor([5, 0, 77, 3, 2**40 + 1, 9, 1, 4, 12]) if keyed else None  # any order, gaps, large
+    h = torch.ops.fastbert_C.layer_norm_forward(x, torch.ones(n), torch.zeros(n), None, None, 1e-5, p, seed, keys)[1]
+    keep = philox.keep_mask_rows(seed, p, rows, n, keys=keys)
     assert torch.equal(h != 0, keep)
     torch.testing.assert_close(h, x * keep * (1.0 / (1.0 - p)), rtol=0, atol=0)
 
@@ -221,14 +223,16 @@ def test_attention_varlen_equals_padded(isa, lens, H, D, dtype, tol):
     _check(packed, (q, k, v), tol, "attention_varlen", ours=a)
 
 
-def test_attention_dropout_mask_is_philox(isa):
+@pytest.mark.parametrize("keyed", [False, True])
+def test_attention_dropout_mask_is_philox(isa, keyed):
     """q = k = 0: uniform probabilities; v[j] = e_j: the output shows the kept entries themselves."""
     B, S, H, p, seed = 2, 21, 2, 0.3, 4321
     q = torch.zeros(B, S, H, S)
     v = torch.eye(S)[None, :, None, :].expand(B, S, H, S).contiguous()
     lens = torch.tensor([S, 17], dtype=torch.int32)
-    out, _ = torch.ops.fastbert_C.attention_forward(q, q, v, lens, 1.0, p, seed)
-    keep = philox.keep_mask_attention(seed, p, B, H, S, S)  # [B, H, q, k]
+    keys = torch.tensor([1000, 3]) if keyed else None
+    out, _ = torch.ops.fastbert_C.attention_forward(q, q, v, lens, 1.0, p, seed, keys)
+    keep = philox.keep_mask_attention(seed, p, B, H, S, S, keys=keys)  # [B, H, q, k]
     expected = keep.float() / ((1 - p) * lens[:, None, None, None])
     expected = expected * (torch.arange(S) < lens[:, None])[:, None, :, None]  # padded queries: 0
     expected = expected * (torch.arange(S) < lens[:, None])[:, None, None, :]  # padded keys: never attended

@@ -60,13 +60,15 @@ def test_each_launch_goes_through_autotune_on_a_gpu_and_the_fixed_config_interpr
 
 
 def _layer_norm(x, w, b, r, ib, dy):
-    out, h, mean, rstd = layer_norm.layer_norm_forward(x, w, b, r, ib, 1e-5, 0.1, 7)
-    return (out, h, mean, rstd, *layer_norm.layer_norm_backward(dy, h, w, mean, rstd, 0.1, 7, True))
+    out, h, mean, rstd = layer_norm.layer_norm_forward(x, w, b, r, ib, 1e-5, 0.1, 7, None)
+    return (out, h, mean, rstd, *layer_norm.layer_norm_backward(dy, h, w, mean, rstd, 0.1, 7, None, True))
 
 
 def _embedding(ids, types, pos, word, type_t, pos_t, w, b, dy):
-    out, mean, rstd = embedding.embedding_layer_norm_forward(ids, types, pos, word, type_t, pos_t, w, b, 1e-5, 0.1, 7)
-    grads = embedding.embedding_layer_norm_backward(dy, ids, types, pos, word, type_t, pos_t, w, mean, rstd, 0.1, 7, 0)
+    out, mean, rstd = embedding.embedding_layer_norm_forward(ids, types, pos, word, type_t, pos_t, w, b, 1e-5, 0.1, 7,
+                                                             None)
+    grads = embedding.embedding_layer_norm_backward(dy, ids, types, pos, word, type_t, pos_t, w, mean, rstd, 0.1, 7,
+                                                    None, 0)
     return (out, mean, rstd, *grads)
 
 
@@ -75,8 +77,8 @@ def _bias_gelu(x, b, dy):
 
 
 def _attention(q, k, v, seqlens, dy):
-    out, lse = attention.attention_forward(q, k, v, seqlens, 0.3, 0.1, 7)
-    return (out, lse, *attention.attention_backward(dy, q, k, v, out, lse, seqlens, 0.3, 0.1, 7))
+    out, lse = attention.attention_forward(q, k, v, seqlens, 0.3, 0.1, 7, None)
+    return (out, lse, *attention.attention_backward(dy, q, k, v, out, lse, seqlens, 0.3, 0.1, 7, None))
 
 
 def _cases():

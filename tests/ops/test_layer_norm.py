@@ -111,12 +111,14 @@ def test_mixed_dtypes():
                     residual_dtype=torch.bfloat16), p=0.1)
 
 
-def test_kernel_contract_h_mean_rstd_and_dropout_mask():
+@pytest.mark.parametrize("keyed", [False, True])
+def test_kernel_contract_h_mean_rstd_and_dropout_mask(keyed):
     M, N, p, seed = 13, 1000, 0.3, 2**40 + 5
     x, r, ib = torch.randn(M, N, device=DEVICE), torch.randn(M, N, device=DEVICE), torch.randn(N, device=DEVICE)
     w, b = torch.randn(N, device=DEVICE), torch.randn(N, device=DEVICE)
-    out, h, mean, rstd = kernels.layer_norm_forward(x, w, b, r, ib, 1e-5, p, seed)
-    keep = philox.keep_mask_rows(seed, p, M, N, DEVICE)
+    keys = torch.tensor([9, 2, 2**40, 0, 5, 31, 7, 1, 3, 12, 100, 4, 6], device=DEVICE) if keyed else None
+    out, h, mean, rstd = kernels.layer_norm_forward(x, w, b, r, ib, 1e-5, p, seed, keys)
+    keep = philox.keep_mask_rows(seed, p, M, N, DEVICE, keys)
     expected_h = (x + ib) * keep * (1.0 / (1.0 - p)) + r
     assert torch.equal(h[~keep], r[~keep])  # the same mask, bit for bit
     if DEVICE == "cpu":  # the interpreter rounds every operation, as eager PyTorch does
@@ -126,13 +128,13 @@ def test_kernel_contract_h_mean_rstd_and_dropout_mask():
     torch.testing.assert_close(mean, expected_h.mean(1))
     torch.testing.assert_close(rstd, torch.rsqrt(expected_h.var(1, unbiased=False) + 1e-5))
     dy = torch.randn(M, N, device=DEVICE)
-    gh, gx, gw, gb, gib = kernels.layer_norm_backward(dy, h, w, mean, rstd, p, seed, True)
+    gh, gx, gw, gb, gib = kernels.layer_norm_backward(dy, h, w, mean, rstd, p, seed, keys, True)
     assert torch.equal(gx, gh * keep * (1.0 / (1.0 - p)))  # the mask regenerated in backward
     torch.testing.assert_close(gib, gx.sum(0))
     # without residual, input bias and dropout, h is not written (autograd keeps x) and grad_x is empty
-    _, h, _, _ = kernels.layer_norm_forward(x, w, b, None, None, 1e-5, 0.0, 0)
+    _, h, _, _ = kernels.layer_norm_forward(x, w, b, None, None, 1e-5, 0.0, 0, None)
     assert h.numel() == 0
-    assert kernels.layer_norm_backward(dy, x, w, mean, rstd, 0.0, 0, False)[1].numel() == 0
+    assert kernels.layer_norm_backward(dy, x, w, mean, rstd, 0.0, 0, None, False)[1].numel() == 0
 
 
 def test_dropout_follows_torch_manual_seed():

@@ -104,13 +104,13 @@ def test_positive_weight_adds_a_positive_term_whose_gradient_reaches_the_encoder
     assert value.item() > plain.item()
     encoder.zero_grad(), task.zero_grad()
     e = task.embed(enc, b)
-    reg = smart.regularizer(task, enc, b, task.outputs(e), {**PAPER, "eps": 1e-2})
+    reg = smart.regularizer(task, enc, b, task.outputs(e, b), {**PAPER, "eps": 1e-2})
     assert value.item() == pytest.approx(plain.item() + 3.0 * reg.item(), rel=1e-4)
     reg.backward()
     encoder_grads = [p.grad for p in encoder.encoder.parameters()]
     assert all(g is not None for g in encoder_grads) and sum(float(g.abs().sum()) for g in encoder_grads) > 0
     # the paper's settings in fp32: still a positive term
-    assert smart.regularizer(task, enc, b, task.outputs(task.embed(enc, b)), PAPER).item() > 0
+    assert smart.regularizer(task, enc, b, task.outputs(task.embed(enc, b), b), PAPER).item() > 0
 
 
 @pytest.mark.parametrize("name, settings, kind", [HEADS[0], HEADS[2], HEADS[4]])
@@ -122,14 +122,14 @@ def test_bf16_weights(tok, name, settings, kind):
     task, b = _task_and_batch(tok, name, settings)
     enc = Encode(encoder)
     with torch.no_grad():
-        assert smart.regularizer(task, enc, b, task.outputs(task.embed(enc, b)), PAPER).item() == 0.0
+        assert smart.regularizer(task, enc, b, task.outputs(task.embed(enc, b), b), PAPER).item() == 0.0
     large = {**PAPER, "noise": 1e-1, "step": 1e-1, "eps": 1e-1}
     value = smart.loss(task, enc, b, large)
     value.backward()
     assert torch.isfinite(value) and value.dtype == torch.float32
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in encoder.encoder.parameters())
     with torch.no_grad():
-        clean = task.outputs(task.embed(enc, b))
+        clean = task.outputs(task.embed(enc, b), b)
     assert smart.regularizer(task, enc, b, clean, large).item() > 0
 
 
@@ -154,7 +154,7 @@ def test_ascent_step_follows_the_divergence_gradient(tok, packed):
     encoder = _encoder()
     task, b = _task_and_batch(tok, "sts", {"encoder": "cross"}, packed)
     enc = Encode(encoder)
-    clean = task.outputs(task.embed(enc, b)).detach()
+    clean = task.outputs(task.embed(enc, b), b).detach()
     settings = {**PAPER, "noise": 0.2, "step": 0.05, "eps": 10.0}
     torch.manual_seed(7)
     delta1 = smart.adversarial(task, enc, b, clean, settings)
@@ -162,7 +162,7 @@ def test_ascent_step_follows_the_divergence_gradient(tok, packed):
     delta0 = torch.randn(delta1.shape) * settings["noise"]
 
     def D(delta):
-        return smart.divergence("mse", task.outputs(task.embed(enc, b, delta)), clean).sum()
+        return smart.divergence("mse", task.outputs(task.embed(enc, b, delta), b), clean).sum()
 
     x = delta0.clone().requires_grad_(True)
     g, = torch.autograd.grad(D(x), x)
@@ -187,7 +187,7 @@ def test_ascent_step_follows_the_divergence_gradient(tok, packed):
 def test_projection_keeps_delta_within_eps(tok):
     task, b = _task_and_batch(tok, "sst", {})
     enc = Encode(_encoder())
-    clean = task.outputs(task.embed(enc, b)).detach()
+    clean = task.outputs(task.embed(enc, b), b).detach()
     delta = smart.adversarial(task, enc, b, clean, {**PAPER, "steps": 2})
     assert delta.shape == (*b.inputs.input_ids.shape, CFG.hidden_size)
     assert float(delta.abs().max()) == pytest.approx(PAPER["eps"])  # a step of 1e-3 reaches the ball's surface

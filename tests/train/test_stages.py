@@ -38,11 +38,12 @@ def assert_learns(run_dir, tasks, k=3):
 
 @pytest.mark.parametrize("routine", ["sequential", "additive", "parallel", "weighted", "stochastic", "pcgrad"])
 def test_multitask_routines(tiny, routine):
-    result = run_stage("multitask", **tiny, routine=routine, max_steps=24 if routine in ("sequential", "parallel")
-                       else 12, skip_bad_rows=True, standardize=routine == "weighted")
+    one_task = routine in ("sequential", "parallel", "stochastic")  # a step trains one task: more steps
+    result = run_stage("multitask", **tiny, routine=routine, max_steps=24 if one_task else 12, skip_bad_rows=True,
+                       standardize=routine == "weighted")
     run_dir = result["run_dir"]
     assert_complete(run_dir)
-    assert_learns(run_dir, ["sst", "quora", "sts"], k=2 if routine in ("sequential", "parallel") else 3)
+    assert_learns(run_dir, ["sst", "quora", "sts"], k=2 if one_task else 3)
     dev = result["best"]["dev"]
     assert set(dev) == {"sst", "quora", "sts"} and all(np.isfinite(m["main"]) for m in dev.values())
     table = open(os.path.join(run_dir, "dev_table.md")).read()
@@ -64,8 +65,9 @@ def test_training_stages(tiny, stage, settings, tasks):
 
 
 def test_frozen_encoder_trains_heads_only(tiny):
+    # no head dropout: over 12 steps of a head alone its noise can outweigh the descent (seed 0 does)
     result = run_stage("multitask", **tiny, tasks=["sst", "quora"], freeze_encoder=True, max_steps=12,
-                       skip_bad_rows=True)
+                       skip_bad_rows=True, sst={"dropout": 0.0}, quora={"dropout": 0.0})
     from safetensors.torch import load_file
     from fastbert.train.checkpoint import load_trainer
     run_dir = result["run_dir"]
