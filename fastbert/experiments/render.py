@@ -20,7 +20,9 @@ the dev mean of the tasks that stage trains). A run's spread is the standard dev
 difference smaller than the spread is reported as a tie; with one seed there is no spread to judge by.
 Wall time is on the machine each record names; on the shared 2-core machine (several processes per core)
 it is several times an unloaded run's, while CPU seconds (the driver's user + system time, one thread) are
-close to an unloaded single-thread run's wall time."""
+close to an unloaded single-thread run's wall time. Every run trains with precision auto: bf16 weights (fp32
+masters) on a CPU with bf16 matmuls (AMX / AVX512-BF16), fp32 on a CPU without (AVX2 only, such as the AMD
+EPYC machines here); the `machine` column names the CPU each row ran on."""
 
 
 def _fmt(v, nd=3) -> str:
@@ -66,6 +68,16 @@ def _report_mean(report: dict) -> float | None:
     return None if any(v is None for v in vals) else sum(vals) / 3
 
 
+def _machines(recs: list[dict]) -> str:
+    """The CPUs (and GPU) the row's records ran on, shortened: 'Intel Xeon ...' -> 'Xeon', 'AMD EPYC' -> 'EPYC'."""
+    names = []
+    for r in recs:
+        m = r.get("machine") or {}
+        name = m.get("cuda") and f"CUDA {m['cuda']}" or (m.get("cpu") or "?")
+        names.append(next((w for w in ("Xeon", "EPYC") if w in name), name))
+    return ", ".join(dict.fromkeys(names))
+
+
 def _flags(recs: list[dict]) -> str:
     marks = []
     if any(r["dirty"] for r in recs):
@@ -86,19 +98,19 @@ def table_section(spec: Spec, recs: dict[str, list[dict]], root: str) -> list[st
     if spec.note:
         lines += [spec.note.strip(), ""]
     lines += ["| row | SST report | SST fastbert | Quora report | Quora fastbert | STS report | STS fastbert | "
-              "mean report | mean fastbert | vs best | seeds | steps | wall s | CPU s |",
-              "|---|" + "---|" * 13]
+              "mean report | mean fastbert | vs best | seeds | steps | wall s | CPU s | machine |",
+              "|---|" + "---|" * 14]
     for r in spec.rows:
         rep = [_fmt(r.report.get(t)) for t in TASKS] + [_fmt(_report_mean(r.report))]
         if r.name not in recs:
             ours = ["not run yet", "", "", ""]
-            rest = ["", "0", "", "", ""]
+            rest = ["", "0", "", "", "", ""]
             flag = ""
         else:
             st = stats[r.name]
             ours = [_cell(st[t], n[r.name]) for t in (*TASKS, "mean")]
             rest = [_versus(stats, best, r.name, n), str(n[r.name]), f"{st['steps']:.0f}", f"{st['wall_s']:.0f}",
-                    f"{st['cpu_s']:.0f}"]
+                    f"{st['cpu_s']:.0f}", _machines(recs[r.name])]
             flag = _flags(recs[r.name])
         cells = [x for pair in zip(rep, ours) for x in pair]
         lines.append(f"| {r.name}{flag} | " + " | ".join(cells + rest) + " |")
