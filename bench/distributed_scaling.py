@@ -8,7 +8,9 @@ Each round runs both variants, in alternating order; a variant's rate is the tok
 over their seconds, from the run's metrics.jsonl (tokens_per_s of every logged step, all ranks' tokens);
 the report is the median over rounds and efficiency = (T ranks x 1 thread) / (1 process x T threads).
 Run it on a quiet machine only (other processes' load makes the numbers meaningless); --smoke checks
-that both variants run (a tiny encoder, 3 steps) and prints no rates.
+that both variants run (a tiny encoder, 3 steps) and prints no rates. A timed run writes its record to
+bench/results/scaling/<shape>.json (commit, machine, per-round rates), which bench/report.py renders into
+BENCHMARKS.md.
 """
 import argparse
 import json
@@ -17,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--model.hidden_size", "32", "--model.num_hidden_layers", "2", "--model.num_attention_heads", "2",
@@ -83,6 +86,22 @@ def main():
     one, many = (statistics.median(rates[v]) for v in variants)
     print(f"1 process x {args.ranks} threads: {one:,.0f} tokens/s; {args.ranks} ranks x 1 thread: {many:,.0f} "
           f"tokens/s; efficiency {many / one:.2f} (rounds: {rates})")
+    write_record(args, rates, one, many)
+
+
+def write_record(args, rates: dict, one: float, many: float) -> None:
+    sys.path.insert(0, ROOT)
+    from bench.machine import cpu_model, git_state
+
+    record = {"kind": "scaling", "shape": args.shape, "ranks": args.ranks, "steps": args.steps,
+              "warmup": args.warmup, "rounds": args.rounds, "tokens_per_s": rates,
+              "median": {"one_process": one, "ranks": many}, "efficiency": many / one, "cpu_model": cpu_model(),
+              "commit": git_state(ROOT), "datetime": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    path = os.path.join(ROOT, "bench", "results", "scaling", f"{args.shape}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1)
+    print(f"wrote {os.path.relpath(path, ROOT)}")
 
 
 if __name__ == "__main__":

@@ -407,6 +407,27 @@ Timings on a shared machine are noisy (see the IQR column); ratios are steadier 
 """
 
 
+def scaling_section(paths: list[str]) -> str:
+    """The distributed scaling records (python -m bench.distributed_scaling): one row each."""
+    records = []
+    for path in paths:
+        with open(path) as f:
+            records.append(json.load(f))
+    if not records:
+        return ""
+    body = [[r["shape"], r["cpu_model"], r["median"]["one_process"], r["median"]["ranks"], f"{r['efficiency']:.2f}",
+             f"{r['rounds']} x {r['steps']} steps (first {r['warmup']} untimed)",
+             f"{r['commit']['commit'][:10]}{' (dirty)' if r['commit']['dirty'] else ''}, {r['datetime'][:16]}"]
+            for r in records]
+    n = records[0]["ranks"]
+    return (f"\n## Scaling on one CPU machine: {n} ranks x 1 thread against 1 process x {n} threads\n\n"
+            "`python -m bench.distributed_scaling`: the default multitask run (torchrun, gloo) against the same run in "
+            "one process, same global batches and steps, rounds alternating; training tokens/s (all ranks), medians "
+            "over rounds; efficiency = ranks / one process.\n\n"
+            + table(["shape", "CPU", "1 process tokens/s", "ranks tokens/s", "efficiency", "rounds", "commit, date"],
+                    body))
+
+
 def render(paths: list[str], plots: bool = True) -> str:
     doc = HEADER
     for path in paths:
@@ -426,7 +447,7 @@ def render(paths: list[str], plots: bool = True) -> str:
         doc += matmul_section(kinds)
         doc += parity_section(kinds, p.get("convergence"))
         doc += other_section(kinds.get("other", []))
-    return doc
+    return doc + scaling_section(sorted(glob.glob(os.path.join(RESULTS, "scaling", "*.json"))))
 
 
 def main(argv=None) -> int:

@@ -1,5 +1,6 @@
 """bench/report.py renders the committed results (so that CI notices when the report and the JSON drift)."""
 import glob
+import json
 import os
 
 import pytest
@@ -74,3 +75,15 @@ def test_a_machine_without_bf16_matmuls_is_judged_on_the_fp32_targets():
     assert fp32 and len(lines) == len(fp32), lines
     assert all(" fp32 " in ln and "bf16" not in ln for ln in lines), lines
     assert "- minilm (batch 32): fastbert fp32 / hf-fp32 >= " in doc and ": 3.00x " in doc
+
+
+def test_scaling_records_render_one_row_each(tmp_path):
+    record = {"kind": "scaling", "shape": "minilm", "ranks": 2, "steps": 60, "warmup": 10, "rounds": 3,
+              "median": {"one_process": 2000.0, "ranks": 1800.0}, "efficiency": 0.9, "cpu_model": "AMD EPYC",
+              "commit": {"commit": "0123456789abcdef", "dirty": False}, "datetime": "2026-12-02T10:00:00"}
+    path = tmp_path / "minilm.json"
+    path.write_text(json.dumps(record))
+    doc = report.scaling_section([str(path)])
+    assert "2 ranks x 1 thread against 1 process x 2 threads" in doc
+    assert "| minilm | AMD EPYC | 2.00e+03 | 1.80e+03 | 0.90 | 3 x 60 steps (first 10 untimed) | 0123456789, 2026-12-02T10:00 |" in doc, doc
+    assert report.scaling_section([]) == ""
