@@ -41,41 +41,48 @@ def _step_dir(run_dir: str, step: int) -> str:
 def save(run_dir: str, step: int, model, trainer: dict, cfg: dict) -> str:
     """Write step `step` (unless already written) and point `last` at it."""
     final = _step_dir(run_dir, step)
-    if not os.path.isdir(final):
-        tmp = os.path.join(run_dir, "checkpoints", f".tmp-step-{step:08d}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            os.makedirs(tmp)
-            save_weights(tmp, model)
-            save_torch(trainer, os.path.join(tmp, "trainer.pt"))
-            with open(os.path.join(tmp, "fastbert.yaml"), "w", encoding="utf-8") as f:
-                yaml.safe_dump(cfg, f, sort_keys=False)
-        except OSError as e:  # a full disk or a read-only directory: the earlier checkpoints stay as they are
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise WriteError(f"cannot save checkpoint step {step}: " + _cause(e)) from e
-        os.rename(tmp, final)
+    _write_dir(final, f"checkpoint step {step}", _step_files, model, trainer, cfg)
     link(run_dir, "last", final)
     return final
+
+
+def _step_files(directory: str, model, trainer: dict, cfg: dict) -> None:
+    save_weights(directory, model)
+    save_torch(trainer, os.path.join(directory, "trainer.pt"))
+    with open(os.path.join(directory, "fastbert.yaml"), "w", encoding="utf-8") as f:
+        yaml.safe_dump(cfg, f, sort_keys=False)
 
 
 def save_best(run_dir: str, step_dir: str) -> str:
     """Point `best` at a weights-only copy of the step directory `step_dir` (written unless already there):
     its files but RESUME_ONLY, hard-linked (copied where the file system has no hard links)."""
     final = os.path.join(run_dir, "checkpoints", "best-" + os.path.basename(step_dir).removeprefix("step-"))
-    if not os.path.isdir(final):
-        tmp = os.path.join(os.path.dirname(final), ".tmp-" + os.path.basename(final))
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            os.makedirs(tmp)
-            for name in os.listdir(step_dir):
-                if name not in RESUME_ONLY:
-                    _link_or_copy(os.path.join(step_dir, name), os.path.join(tmp, name))
-        except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise WriteError(f"cannot save the best checkpoint {final}: " + _cause(e)) from e
-        os.rename(tmp, final)
+    _write_dir(final, f"the best checkpoint {final}", _weight_links, step_dir)
     link(run_dir, "best", final)
     return final
+
+
+def _weight_links(directory: str, step_dir: str) -> None:
+    for name in os.listdir(step_dir):
+        if name not in RESUME_ONLY:
+            _link_or_copy(os.path.join(step_dir, name), os.path.join(directory, name))
+
+
+def _write_dir(final: str, what: str, fill, *args) -> None:
+    """Unless `final` exists: fill(tmp, *args) a temporary directory beside it, renamed to `final` when complete.
+    An OSError (a full disk, a read-only directory) leaves no partial directory and the earlier checkpoints as
+    they are, and becomes one WriteError naming `what`."""
+    if os.path.isdir(final):
+        return
+    tmp = os.path.join(os.path.dirname(final), ".tmp-" + os.path.basename(final))
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        os.makedirs(tmp)
+        fill(tmp, *args)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise WriteError(f"cannot save {what}: " + _cause(e)) from e
+    os.rename(tmp, final)
 
 
 def _link_or_copy(src: str, dst: str) -> None:
