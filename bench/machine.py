@@ -118,8 +118,9 @@ def machine_info(dev: torch.device, quick: bool) -> dict:
         "fastbert": version("fastbert"),
         "op_backends": op_backends(dev),
         "optimizer": optimizer_name(),
-        "bf16_matmuls": backend.bf16_matmuls(dev),
-        "bf16_matmul_tflops": matmul_tflops(dev, torch.bfloat16, quick),
+        "bf16_matmuls": backend.bf16_matmuls(dev),  # without: no bf16 rate (a reference loop, minutes to time)
+        "bf16_matmul_tflops": matmul_tflops(dev, torch.bfloat16, quick) if backend.bf16_matmuls(dev) or quick
+        else None,
         "fp32_matmul_tflops": matmul_tflops(dev, torch.float32, quick),
         "quick": quick,
     }

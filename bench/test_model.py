@@ -34,8 +34,9 @@ from bench import gpu_targets
 from bench.machine import device_name, matmul_tflops, median_s, op_backends, optimizer_name, sync
 from bench.rounds import batch_rounds, interleaved_train_rounds, speedup_record, speedup_variants
 from bench.targets import missed
-from bench.workload import (MODEL_SHAPES, QUICK, VARIANTS, Runner, forward_flops, long_batch, model_weights,
-                            quick_skip, timed_skip, train_flops)
+from bench.workload import (MODEL_SHAPES, NO_BF16, QUICK, VARIANTS, Runner, forward_flops, long_batch,
+                            model_weights, quick_skip, timed_skip, train_flops)
+from fastbert import backend
 
 
 # torch.compile baselines: on CUDA by default, on CPU when asked (compiling takes minutes there)
@@ -242,6 +243,8 @@ _FFN = {"minilm": (384, 1536), "bert-base": (768, 3072)}
 @pytest.mark.parametrize("dtype,shape", MATMUL, ids=[f"{d}-{s}" for d, s in MATMUL])
 def test_matmul_rate(benchmark, dtype, shape, device):
     """[tokens, hidden] @ [hidden, 4 * hidden]: the FFN matmul, the machine's attainable rate for MFU."""
+    if dtype == "bf16" and not QUICK and not backend.bf16_matmuls(device):
+        pytest.skip(NO_BF16)  # a reference loop: minutes per matmul
     m = sizes(device)["matmul_m"]
     k, n = _FFN[shape]
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
