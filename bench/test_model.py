@@ -35,8 +35,7 @@ from bench.machine import device_name, matmul_tflops, median_s, op_backends, opt
 from bench.rounds import batch_rounds, interleaved_train_rounds, speedup_record, speedup_variants
 from bench.targets import missed
 from bench.workload import (MODEL_SHAPES, NO_BF16, QUICK, VARIANTS, Runner, forward_flops, long_batch,
-                            model_weights, quick_skip, timed_skip, train_flops)
-from fastbert import backend
+                            model_weights, quick_skip, skips_bf16, timed_skip, train_flops)
 
 
 # torch.compile baselines: on CUDA by default, on CPU when asked (compiling takes minutes there)
@@ -243,7 +242,7 @@ _FFN = {"minilm": (384, 1536), "bert-base": (768, 3072)}
 @pytest.mark.parametrize("dtype,shape", MATMUL, ids=[f"{d}-{s}" for d, s in MATMUL])
 def test_matmul_rate(benchmark, dtype, shape, device):
     """[tokens, hidden] @ [hidden, 4 * hidden]: the FFN matmul, the machine's attainable rate for MFU."""
-    if dtype == "bf16" and not QUICK and not backend.bf16_matmuls(device):
+    if dtype == "bf16" and skips_bf16(device):
         pytest.skip(NO_BF16)  # a reference loop: minutes per matmul
     m = sizes(device)["matmul_m"]
     k, n = _FFN[shape]

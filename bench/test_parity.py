@@ -13,7 +13,7 @@ import importlib
 import pytest
 import torch
 
-from bench.workload import NO_BF16, QUICK, Runner, hf_model, model_config, model_weights, real_batches
+from bench.workload import NO_BF16, QUICK, Runner, hf_model, model_config, model_weights, real_batches, skips_bf16
 from fastbert import BertModel, backend, ops, use_backend
 from fastbert.pretrained import to_fastbert
 
@@ -181,7 +181,7 @@ CONVERGENCE = {"fp32": ("fastbert-fp32", "reference-fp32"), "bf16": ("fastbert",
 
 def _skip_slow_bf16(dtype: str, device) -> None:
     """A timed run on a device without bf16 matmuls leaves the bf16 model runs out (a reference loop: hours)."""
-    if dtype != "fp32" and not QUICK and not backend.bf16_matmuls(device):
+    if dtype != "fp32" and skips_bf16(device):
         pytest.skip(NO_BF16)
 
 

@@ -226,11 +226,16 @@ def precision_of(variant: str, device: torch.device) -> str:
     return "fp32" if variant == "fastbert" and not backend.bf16_matmuls(device) else p
 
 
+def skips_bf16(device: torch.device) -> bool:
+    """Whether a timed run leaves bf16 work out on `device`: one without bf16 matmuls, outside quick mode."""
+    return not QUICK and not backend.bf16_matmuls(device)
+
+
 def timed_skip(variant: str, device: torch.device) -> str | None:
     """Why a timed run leaves `variant` out on `device` (None: it runs): on a device without bf16 matmuls, every
     bf16 variant (nothing a user would train with there) and fastbert-fp32 (the same as fastbert there).
     Quick mode runs every variant (it checks that each works, not how fast)."""
-    if QUICK or backend.bf16_matmuls(device):
+    if not skips_bf16(device):
         return None
     if variant == "fastbert-fp32":
         return "the same as fastbert on this device (no bf16 matmuls: fastbert trains in fp32)"
