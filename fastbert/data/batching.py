@@ -18,6 +18,10 @@ of every example, then the second texts (one encoder call for u and v).
 Dropout: a batch keys each sequence by its example's position in the data and its view (dropout_keys,
 fastbert.ops.philox), and a TaskBatch's `index` keys a head's rows, so an example draws the same masks
 whichever batch share, rank or packing it lands in: N ranks train with the one-process masks.
+
+Several tasks' batches in one encoder pass (the training loop's packed multitask step): `pack` lays a
+batch's sequences back to back and moves its dropout keys past those of the tasks before it (each task
+uses keys 0 .. Loader.keys - 1), `concat` joins the packed batches into one.
 """
 from __future__ import annotations
 
@@ -89,6 +93,10 @@ class TaskBatch:
         return dataclasses.replace(self, inputs=self.inputs.to(device),
                                    labels=None if self.labels is None else self.labels.to(device))
 
+    def packed(self, key_offset: int = 0) -> "TaskBatch":
+        """This batch with its inputs packed (`pack`) and their dropout keys moved up by key_offset."""
+        return dataclasses.replace(self, inputs=pack(self.inputs, key_offset))
+
 
 class Loader:
     """Batches of one task's Encoded examples, in an order fixed by (seed, epoch)."""
@@ -129,6 +137,11 @@ class Loader:
         batches = [batches[i] for i in rng.permutation(len(batches))]
         return [b for b in batches if len(b) >= self.world]  # training: every rank needs a share
 
+    @property
+    def keys(self) -> int:
+        """How many dropout keys its sequences use: 0 .. keys - 1 (sequence_keys)."""
+        return len(self.data) * self.data.views
+
     def share(self, idx: np.ndarray) -> np.ndarray:
         """This rank's contiguous slice of a global batch."""
         return idx if self.world == 1 else np.array_split(idx, self.world)[self.rank]
@@ -159,6 +172,29 @@ def sequence_keys(idx: np.ndarray, views: int) -> torch.Tensor:
     unique within a data set."""
     idx = torch.as_tensor(np.asarray(idx, dtype=np.int64))
     return (idx[None, :] * views + torch.arange(views)[:, None]).reshape(-1)
+
+
+def pack(inputs: Batch, key_offset: int = 0) -> Batch:
+    """`inputs` packed (input_ids [T] + cu_seqlens: a padded batch's real tokens back to back, sequence after
+    sequence), the dropout keys (default: the sequences' positions, as BertModel's) plus key_offset."""
+    n = len(inputs.lengths)
+    keys = inputs.dropout_keys if inputs.dropout_keys is not None else torch.arange(n, device=inputs.lengths.device)
+    keys = keys + key_offset
+    if inputs.cu_seqlens is not None:
+        return dataclasses.replace(inputs, dropout_keys=keys)
+    real = inputs.attention_mask.bool()  # right-padded (collate): row-major order is sequence order
+    cu_seqlens = torch.nn.functional.pad(torch.cumsum(inputs.lengths, 0, dtype=torch.int32), (1, 0))
+    return Batch(inputs.input_ids[real], inputs.token_type_ids[real], None, inputs.lengths, cu_seqlens,
+                 int(inputs.lengths.max()) if n else 0, keys)
+
+
+def concat(parts: Sequence[Batch]) -> Batch:
+    """Packed batches as one packed batch, their sequences in order; every part needs dropout keys (`pack`)."""
+    lengths = torch.cat([p.lengths for p in parts])
+    cu_seqlens = torch.nn.functional.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
+    return Batch(torch.cat([p.input_ids for p in parts]), torch.cat([p.token_type_ids for p in parts]), None,
+                 lengths, cu_seqlens, max(p.max_seqlen for p in parts),
+                 torch.cat([p.dropout_keys for p in parts]))
 
 
 def mix(*xs: int) -> int:

@@ -44,6 +44,15 @@ class Encode:
         finally:
             self.encoder.train(was)
 
+    def together(self, parts: Sequence[Batch]) -> list[BertOutput]:
+        """One encoder pass over several packed batches, their sequences back to back (batching.concat) -> each
+        batch's BertOutput, its share of the pass's ([T_i, hidden], [n_i, hidden]). The pass draws one seed per
+        dropout site for all: sequences of different batches need different dropout keys (batching.pack)."""
+        out = self(batching.concat(parts))
+        tokens, seqs = [len(p.input_ids) for p in parts], [len(p.lengths) for p in parts]
+        return [BertOutput(h, pooled) for h, pooled in
+                zip(out.last_hidden_state.split(tokens), out.pooler_output.split(seqs))]
+
     @property
     def word_embeddings(self) -> torch.Tensor:
         w = self.encoder.embeddings.word_embeddings.weight
@@ -79,7 +88,8 @@ class Task(nn.Module):
 
     A sentence task (classify, pair, similarity) defines its loss on the pooled embeddings (`loss_on`) and
     its raw `outputs` (logits or scores) with the `smoothness` divergence that compares two of them: what
-    SMART regularisation (fastbert.tasks.smart) needs. Other tasks override `loss` and have no smoothness.
+    SMART regularisation (fastbert.tasks.smart) needs. SimCSE has a loss_on but no outputs; MLM overrides
+    `loss` (its encoder input is its masked batch) and has neither.
     """
 
     metric = "accuracy"  # the key of score() that ranks checkpoints (higher is better)
@@ -100,8 +110,11 @@ class Task(nn.Module):
         """[views, n, hidden] pooled embeddings, in fp32. delta: a perturbation of the embedding output, which
         `encode` takes as a second argument (Encode does; an encode for inference need not)."""
         out = encode(batch.inputs) if delta is None else encode(batch.inputs, delta)
-        e = pool(out, batch.inputs, self.pooling).float()
-        return e.view(batch.views, len(batch), -1)
+        return self.pooled(out, batch)
+
+    def pooled(self, out: BertOutput, batch: batching.TaskBatch) -> torch.Tensor:
+        """[views, n, hidden] pooled embeddings of the encoder's output `out` on batch.inputs, in fp32."""
+        return pool(out, batch.inputs, self.pooling).float().view(batch.views, len(batch), -1)
 
     @staticmethod
     def dropout_linear(p: float, width: int, out: int) -> nn.Sequential:
@@ -117,6 +130,12 @@ class Task(nn.Module):
 
     def loss(self, encode: Encode, batch: batching.TaskBatch) -> torch.Tensor:
         return self.loss_on(self.embed(encode, batch), batch)
+
+    @property
+    def packable(self) -> bool:
+        """Whether the loss is Task.loss, loss_on of one encoder pass's pooled embeddings of batch.inputs: then
+        that pass may be shared with other tasks' batches (Encode.together; the training loop's pack_tasks)."""
+        return type(self).loss is Task.loss
 
     def loss_on(self, e: torch.Tensor, batch: batching.TaskBatch) -> torch.Tensor:
         """The loss of pooled embeddings e [views, n, hidden] of `batch` against its labels."""

@@ -38,8 +38,8 @@ class Contrastive(Task):
         return batching.encode(triplets(examples, self.cfg["entailment"], self.cfg["contradiction"]), tokenizer,
                                max_length, cross=False)
 
-    def loss(self, encode, batch):
-        a, p, n = self.embed(encode, batch)
+    def loss_on(self, e, batch):
+        a, p, n = e
         return losses.simcse(a, p, n, self.cfg["temperature"])
 
     def predict(self, encode, batch):

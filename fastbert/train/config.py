@@ -52,6 +52,11 @@ DEFAULTS = {
     "routine": "additive",  # sequential | additive | parallel | weighted | stochastic | pcgrad
     "standardize": False,  # weighted/stochastic: loss improvements relative to the task's running loss
     "freeze_encoder": False,  # true, or [first_step, end_step): the encoder gets no gradient (per task too)
+    # additive / weighted: one encoder pass per step over every task's batch (bigger matmuls, fewer launches;
+    # the same losses and gradients, other dropout draws) instead of one per task; it holds every task's
+    # activations until the one backward. Tasks run apart where their encoder is frozen, SMART applies or
+    # the task is MLM (fastbert.train.loop.Trainer.packs)
+    "pack_tasks": True,
     # SMART regularisation (fastbert.tasks.smart): task loss + weight * divergence of the outputs at the most
     # divergent perturbation of the embedding output within eps (noise: its start's std, `steps` ascent steps
     # of size `step`); the paper's eps, step, noise and steps, weight 0: off
@@ -197,6 +202,7 @@ RULES: dict[str, Rule] = {
     "routine": _one_of(ROUTINES),
     "standardize": _BOOL,
     "freeze_encoder": Rule("true, false, or [first_step >= 0, end_step or null]", _freeze),
+    "pack_tasks": _BOOL,
     "smart": _section(SECTIONS["smart"]),
     "optimizer": _one_of(("auto", *OPTIMIZERS)),
     "lr": _number(0, above=False),  # 0: the weights stay as loaded (a checkpoint re-saved, a frozen baseline)

@@ -1,7 +1,10 @@
 """The one training loop: autocast, backward, clipping, optimizer, checkpoints, resume, metrics, progress.
 
 Each step the routine asks for task losses (a batch, the encoder under autocast, the task's loss) and
-backpropagates them; then the gradients are unscaled (fp16), clipped, stepped. A non-finite loss or
+backpropagates them; then the gradients are unscaled (fp16), clipped, stepped. A routine that sums every
+task's loss (additive, weighted) asks for them all at once: with `pack_tasks` the batches of the tasks
+that allow it go through the encoder in one pass, each task's loss from its own share of the hidden
+states (Trainer.packs says which; the others run one pass each). A non-finite loss or
 gradient norm stops the run with the step and task named (fp16 overflow is the loss scaler's business:
 it skips that step). Dev evaluation every `eval_every` steps keeps the best checkpoint; checkpoints also
 every `save_every` steps, at the end, and on Ctrl-C / SIGTERM (the first one: finish the step, save,
@@ -198,6 +201,12 @@ class Streams:
     def batches_per_epoch(self) -> dict[str, int]:
         return {t: len(s) for t, s in self.streams.items()}
 
+    def key_offsets(self) -> dict[str, int]:
+        """{task: what its sequences' dropout keys are moved up by in a packed pass}: past every key of the
+        tasks before it (Loader.keys), so that no two tasks' sequences share a key."""
+        counts = [s.loader.keys for s in self.streams.values()]
+        return dict(zip(self.streams, (int(x) for x in np.cumsum([0, *counts[:-1]]))))
+
     def state_dict(self) -> dict:
         return {t: s.state_dict() for t, s in self.streams.items()}
 
@@ -224,6 +233,7 @@ class Trainer:
         model.to(self.device).train()
         self.tasks = list(loaders)
         self.data = Streams(loaders)
+        self.key_offsets = self.data.key_offsets()
         self.routine = routines.build(cfg["routine"], self.tasks, self.data.batches_per_epoch(), cfg["seed"],
                                       cfg["standardize"])
         epoch = self.routine.steps_per_epoch
@@ -304,12 +314,54 @@ class Trainer:
         """The routine's callback: the next batch of `task` through the encoder (under autocast) and the
         task's loss (with the SMART regulariser, where the `smart` setting adds it), as an fp32 scalar; a
         non-finite loss stops the run."""
+        return self._loss(task, self._next(task))
+
+    def losses(self, tasks: list[str]) -> dict[str, torch.Tensor]:
+        """The routine's callback for several tasks (given where `packs` allows two or more): {task: what
+        loss(task) gives}, the batches drawn in task order; those of the tasks that `packs` allows through
+        the encoder in one pass (Encode.together), the others' one pass each."""
+        batches = {t: self._next(t) for t in tasks}
+        packed = [t for t in tasks if self.packs(t)]
+        values = self._packed_losses({t: batches[t] for t in packed}) if packed else {}
+        for t in tasks:
+            if t not in packed:
+                values[t] = self._loss(t, batches[t])
+        return {t: values[t] for t in tasks}
+
+    def packs(self, task: str) -> bool:
+        """Whether `task`'s batch goes through this step's shared encoder pass: pack_tasks is on, its loss is
+        loss_on of pooled embeddings (Task.packable: not MLM), its encoder trains at this step (a frozen one
+        runs apart: no gradient, no dropout) and SMART does not apply to it (its perturbed passes are its own)."""
+        head = self.model.tasks[task]
+        frozen = frozen_at(head.cfg["freeze_encoder"], self.state.step)
+        return (self.cfg["pack_tasks"] and head.packable and not frozen
+                and not smart.applies(head, Encode(self.model.encoder, frozen), self.cfg["smart"]))
+
+    def _next(self, task: str) -> TaskBatch:
         batch = self.data.next(task)
         self.state.tokens += int(batch.inputs.lengths.sum())
+        return batch
+
+    def _loss(self, task: str, batch: TaskBatch) -> torch.Tensor:
+        """loss(task) of `batch`: its own encoder pass."""
         batch = batch.to(self.device)
         frozen = frozen_at(self.model.tasks[task].cfg["freeze_encoder"], self.state.step)
         with autocast(self.device, self.dtype):
             value = smart.loss(self.model.tasks[task], Encode(self.model.encoder, frozen), batch, self.cfg["smart"])
+        return self._checked(task, value)
+
+    def _packed_losses(self, batches: dict[str, TaskBatch]) -> dict[str, torch.Tensor]:
+        """{task: loss} of the tasks' batches from one encoder pass over all their sequences, every sequence's
+        dropout key moved past the other tasks' (key_offsets: the pass draws one seed per dropout site)."""
+        batches = {t: b.packed(self.key_offsets[t]).to(self.device) for t, b in batches.items()}
+        heads = [self.model.tasks[t] for t in batches]
+        with autocast(self.device, self.dtype):
+            outs = Encode(self.model.encoder).together([b.inputs for b in batches.values()])
+            values = [head.loss_on(head.pooled(out, b), b) for head, out, b in zip(heads, outs, batches.values())]
+        return {t: self._checked(t, v) for t, v in zip(batches, values)}
+
+    def _checked(self, task: str, value: torch.Tensor) -> torch.Tensor:
+        """value as an fp32 scalar; a non-finite one stops the run."""
         value = value.float()
         if not torch.isfinite(value):
             raise NonFiniteError(f"step {self.state.step + 1}: task {task} loss is {value.item()} "
@@ -322,10 +374,9 @@ class Trainer:
             (self.scaler.scale(value) if self.scaler is not None else value).backward()
 
     def step(self) -> tuple[dict[str, float], float | None]:
-        """One optimizer update: zero_grad, the routine's losses and backward passes, unscale, clip and check,
-        optimizer and scheduler step. Returns ({task: loss}, the gradient norm or None)."""
-        self.opt.zero_grad(set_to_none=True)
-        values = self.routine.step(self.state.step, self.loss, self.backward, self.shared)
+        """One optimizer update: the gradients, unscale, clip and check, optimizer and scheduler step. Returns
+        ({task: loss}, the gradient norm or None)."""
+        values = self.gradients()
         self._sync_gradients()
         if self.scaler is not None:
             self.scaler.unscale_(self.opt)
@@ -340,6 +391,14 @@ class Trainer:
         self.sched.step()
         self.state.step += 1
         return values, norm
+
+    def gradients(self) -> dict[str, float]:
+        """zero_grad, then the routine's losses and backward passes: this rank's gradients of the step. The
+        routine gets `losses` where two or more tasks pack (else one pass per task). Returns {task: loss}."""
+        self.opt.zero_grad(set_to_none=True)
+        packing = sum(self.packs(t) for t in self.tasks) >= 2
+        return self.routine.step(self.state.step, self.loss, self.losses if packing else None, self.backward,
+                                 self.shared)
 
     def _sync_gradients(self) -> None:
         """The step's gradients are final here (before unscaling and clipping): under torchrun, averaged over

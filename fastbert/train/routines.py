@@ -1,8 +1,11 @@
 """How batches from several tasks become one optimizer update.
 
 A routine calls `loss(task)` (the next batch of that task -> its scalar loss) and `backward(tensor)`
-(gradients accumulate into .grad, loss scaling inside), and knows nothing else of a task. B_t below is
-task t's batches per epoch of its data; smaller data sets are cycled, each in its own shuffled epochs.
+(gradients accumulate into .grad, loss scaling inside), and knows nothing else of a task. The routines
+that sum every task's loss (additive, weighted) call `losses(tasks)` instead where the loop gives it
+(not None): each task's next batch and loss as `loss` gives them, from one encoder pass over all their
+batches (fastbert.train.loop, the `pack_tasks` setting). B_t below is task t's batches per epoch of its
+data; smaller data sets are cycled, each in its own shuffled epochs.
 
   sequential  task after task: N_t passes over task t with N_t * B_t about equal (N_t = max B // B_t),
               one epoch = sum N_t * B_t steps (report 2's sequential routine)
@@ -14,6 +17,10 @@ task t's batches per epoch of its data; smaller data sets are cycled, each in it
   stochastic  the same weights, but the step follows one task sampled from them (report 1)
   pcgrad      every task's gradient; each is projected off the others it conflicts with on the shared
               encoder (negative dot product), then summed (Yu et al. 2020, gradient surgery)
+Stochastic and pcgrad run one encoder pass per task: stochastic backpropagates one task's loss, which
+through a shared pass would cost the backward pass of every task's sequences (the unchosen tasks' graphs
+are freed unused instead); pcgrad needs each task's gradient apart, one backward pass through the
+shared pass per task.
 
 Several ranks (fastbert.train.distributed): every rank runs the same tasks in the same order on its
 share of each batch, and the loop averages the gradients once per step, after the routine. The
@@ -32,6 +39,7 @@ import torch
 from fastbert.train import distributed
 
 LossFn = Callable[[str], torch.Tensor]
+LossesFn = Callable[[list[str]], dict[str, torch.Tensor]]
 Backward = Callable[[torch.Tensor], None]
 
 
@@ -52,8 +60,10 @@ class Routine:
     def steps_per_epoch(self) -> int:
         return self.most
 
-    def step(self, step: int, loss: LossFn, backward: Backward, shared: list[torch.nn.Parameter]) -> dict:
-        """One update's gradients; returns {task: loss value} of the tasks it ran."""
+    def step(self, step: int, loss: LossFn, losses: LossesFn | None, backward: Backward,
+             shared: list[torch.nn.Parameter]) -> dict:
+        """One update's gradients; returns {task: loss value} of the tasks it ran. losses: None where the loop
+        runs no shared pass this step."""
         raise NotImplementedError
 
     def state_dict(self) -> dict:
@@ -81,7 +91,7 @@ class Sequential(Routine):
             s -= n
         raise AssertionError("unreachable")
 
-    def step(self, step, loss, backward, shared):
+    def step(self, step, loss, losses, backward, shared):
         t = self.task_at(step)
         value = loss(t)
         backward(value)
@@ -90,7 +100,11 @@ class Sequential(Routine):
 
 
 class Additive(Routine):
-    def step(self, step, loss, backward, shared):
+    def step(self, step, loss, losses, backward, shared):
+        if losses is not None:  # one shared encoder pass, one backward of the sum
+            values = losses(self.tasks)
+            backward(sum(values[t] for t in self.tasks))
+            return {t: values[t].item() for t in self.tasks}
         out = {}
         for t in self.tasks:  # one backward per task: the same gradient sum, less activation memory
             value = loss(t)
@@ -104,7 +118,7 @@ class Parallel(Routine):
     def steps_per_epoch(self):
         return len(self.tasks) * self.most
 
-    def step(self, step, loss, backward, shared):
+    def step(self, step, loss, losses, backward, shared):
         t = self.tasks[step % len(self.tasks)]
         value = loss(t)
         backward(value)
@@ -131,16 +145,16 @@ class Weighted(Routine):
         e = np.exp(np.array(gain) - max(gain))
         return e / e.sum()
 
-    def _losses(self, loss):
-        """({task: this rank's loss tensor}, weights, {task: loss averaged over ranks})."""
-        tensors = {t: loss(t) for t in self.tasks}
+    def _weigh(self, tensors: dict[str, torch.Tensor]):
+        """(weights, {task: loss averaged over ranks}) of this rank's loss tensors {task: loss}."""
         values = dict(zip(self.tasks, distributed.average_scalars([tensors[t].item() for t in self.tasks])))
         w = self.weights(values)
         self.info = {"weights": {t: round(float(x), 4) for t, x in zip(self.tasks, w)}}
-        return tensors, w, values
+        return w, values
 
-    def step(self, step, loss, backward, shared):
-        tensors, w, values = self._losses(loss)
+    def step(self, step, loss, losses, backward, shared):
+        tensors = losses(self.tasks) if losses is not None else {t: loss(t) for t in self.tasks}
+        w, values = self._weigh(tensors)
         backward(sum(float(wi) * tensors[t] for t, wi in zip(self.tasks, w)))
         return values
 
@@ -156,8 +170,9 @@ class Stochastic(Weighted):
         super().__init__(tasks, batches, standardize)
         self.rng = np.random.default_rng([seed, 1])
 
-    def step(self, step, loss, backward, shared):
-        tensors, w, values = self._losses(loss)
+    def step(self, step, loss, losses, backward, shared):
+        tensors = {t: loss(t) for t in self.tasks}  # one pass per task (see above)
+        w, values = self._weigh(tensors)
         t = self.tasks[int(self.rng.choice(len(self.tasks), p=w))]
         backward(tensors[t])
         self.info["task"] = t
@@ -196,7 +211,7 @@ class PCGrad(Routine):
         super().__init__(tasks, batches)
         self.rng = np.random.default_rng([seed, 2])
 
-    def step(self, step, loss, backward, shared):
+    def step(self, step, loss, losses, backward, shared):
         out, grads, used = {}, [], [False] * len(shared)
         for t in self.tasks:
             for p in shared:

@@ -172,6 +172,7 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refus
     ("betas", "[0.9, 1.5]", "setting betas: [0.9, 1.5] is not allowed"),
     ("freeze_encoder", "[3]", "setting freeze_encoder: [3] is not allowed"),
     ("batching", "sorted", "setting batching: 'sorted' is not allowed; expected one of bucketed, random"),
+    ("pack_tasks", "sometimes", "setting pack_tasks: 'sometimes' is not allowed; expected true or false"),
     ("smart.weight", "-1", "setting smart.weight: -1 is not allowed; expected a number >= 0"),
     ("smart.eps", "0", "setting smart.eps: 0 is not allowed; expected a number > 0"),
     ("smart.noise", "0", "setting smart.noise: 0 is not allowed; expected a number > 0"),

@@ -18,6 +18,11 @@ class Toy:
         self.calls.append(t)
         return ((self.w - self.targets[t]) ** 2).sum() * self.heads[t]
 
+    def losses(self, tasks):
+        """The loop's several-task callback (a shared pass): the same values, its calls recorded as one."""
+        self.calls.append(tuple(tasks))
+        return {t: ((self.w - self.targets[t]) ** 2).sum() * self.heads[t] for t in tasks}
+
     def grads(self, t):
         w = self.w.detach().requires_grad_()
         return torch.autograd.grad(((w - self.targets[t]) ** 2).sum() * self.heads[t].detach(), w)[0]
@@ -44,18 +49,24 @@ def test_sequential_steps_one_task():
     r = routines.build("sequential", list(TARGETS), {"a": 2, "b": 4, "c": 1})
     assert r.steps_per_epoch == 4 + 4 + 4
     for s in range(12):
-        r.step(s, toy.loss, backward, [toy.w])
+        r.step(s, toy.loss, None, backward, [toy.w])
     assert toy.calls == ["a"] * 4 + ["b"] * 4 + ["c"] * 4
 
 
-def test_additive_sums_gradients():
+@pytest.mark.parametrize("shared", [False, True])
+def test_additive_sums_gradients(shared):
+    """Without `losses` one loss and backward per task; with it one call for all tasks."""
     toy = Toy(TARGETS)
     toy.w.data = torch.tensor([0.3, -0.2, 0.9])
     r = routines.build("additive", list(TARGETS), {"a": 3, "b": 5, "c": 1})
     assert r.steps_per_epoch == 5
-    out = r.step(0, toy.loss, backward, [toy.w])
+    out = r.step(0, toy.loss, toy.losses if shared else None, backward, [toy.w])
     assert set(out) == set(TARGETS)
+    assert toy.calls == ([tuple(TARGETS)] if shared else list(TARGETS))
     torch.testing.assert_close(toy.w.grad, sum(toy.grads(t) for t in TARGETS))
+    for t in TARGETS:
+        assert out[t] == pytest.approx(float(((toy.w.detach() - toy.targets[t]) ** 2).sum()))
+        assert toy.heads[t].grad == pytest.approx(float(((toy.w.detach() - toy.targets[t]) ** 2).sum()))
 
 
 def test_parallel_rotates():
@@ -63,20 +74,23 @@ def test_parallel_rotates():
     r = routines.build("parallel", list(TARGETS), {"a": 3, "b": 5, "c": 1})
     assert r.steps_per_epoch == 15
     for s in range(7):
-        r.step(s, toy.loss, backward, [toy.w])
+        r.step(s, toy.loss, None, backward, [toy.w])
     assert toy.calls == ["a", "b", "c", "a", "b", "c", "a"]
 
 
+@pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("standardize", [False, True])
-def test_weighted_softmax_of_improvements(standardize):
+def test_weighted_softmax_of_improvements(standardize, shared):
     toy = Toy(TARGETS)
+    losses = toy.losses if shared else None
     r = routines.build("weighted", list(TARGETS), {t: 1 for t in TARGETS}, standardize=standardize)
     toy.w.data = torch.tensor([0.3, -0.2, 0.9])
-    first = r.step(0, toy.loss, backward, [toy.w])
+    first = r.step(0, toy.loss, losses, backward, [toy.w])
+    assert toy.calls == ([tuple(TARGETS)] if shared else list(TARGETS))
     torch.testing.assert_close(toy.w.grad, sum(toy.grads(t) for t in TARGETS) / 3)  # no history: uniform
     toy.w.grad = None
     toy.w.data = torch.tensor([0.5, 0.4, 0.2])
-    second = r.step(1, toy.loss, backward, [toy.w])
+    second = r.step(1, toy.loss, losses, backward, [toy.w])
     gain = np.array([first[t] - second[t] for t in TARGETS])
     if standardize:  # relative to the running mean loss
         means = np.array([0.9 * first[t] + 0.1 * second[t] for t in TARGETS])
@@ -92,19 +106,21 @@ def test_stochastic_follows_one_sampled_task_and_resumes():
     picked = []
     for s in range(5):
         toy.w.grad = None
-        r.step(s, toy.loss, backward, [toy.w])
+        toy.calls = []
+        r.step(s, toy.loss, toy.losses, backward, [toy.w])
+        assert toy.calls == list(TARGETS)  # one pass per task, given `losses` or not
         picked.append(r.info["task"])
         torch.testing.assert_close(toy.w.grad, toy.grads(picked[-1]))
     saved = r.state_dict()
     after = []
     for s in range(5, 15):
-        r.step(s, toy.loss, backward, [toy.w])
+        r.step(s, toy.loss, None, backward, [toy.w])
         after.append(r.info["task"])
     r2 = routines.build("stochastic", list(TARGETS), {t: 1 for t in TARGETS}, seed=7)
     r2.load_state_dict(saved)
     again = []
     for s in range(5, 15):
-        r2.step(s, toy.loss, backward, [toy.w])
+        r2.step(s, toy.loss, None, backward, [toy.w])
         again.append(r2.info["task"])
     assert after == again and len(set(picked + after)) > 1
 
@@ -124,7 +140,8 @@ def test_pcgrad_step_sets_projected_shared_gradient_and_keeps_heads():
     toy = Toy({"a": [1.0, 0.0, 0.0], "b": [-1.0, 1.0, 0.0]})
     r = routines.build("pcgrad", ["a", "b"], {"a": 1, "b": 1})
     unused = torch.nn.Parameter(torch.zeros(2))
-    r.step(0, toy.loss, backward, [toy.w, unused])
+    r.step(0, toy.loss, toy.losses, backward, [toy.w, unused])
+    assert toy.calls == ["a", "b"]  # each task's gradient apart: one pass per task
     ga, gb = toy.grads("a"), toy.grads("b")
     expected = routines.project_conflicting([ga, gb], [[1], [0]])
     torch.testing.assert_close(toy.w.grad, expected)
