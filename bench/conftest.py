@@ -69,6 +69,14 @@ def pytest_terminal_summary(terminalreporter, config):
         terminalreporter.write_sep("-", "fastbert speed-up (median real tokens/s over each baseline's)")
         for line in lines:
             terminalreporter.write_line(line)
+    for b in (bs.benchmarks if bs is not None else []):
+        e = b.extra_info
+        if e.get("kind") == "packing" and e.get("median_s", {}).get("packed"):
+            terminalreporter.write_sep("-", "multitask step: packed tasks (bench/test_multitask.py)")
+            terminalreporter.write_line(
+                f"{e['routine']} {'+'.join(e['tasks'])} x{e['batch']}, {e['precision']}: packed "
+                f"{e['median_s']['packed']:.3f} s, per task {e['median_s']['per task']:.3f} s per step (medians) = "
+                f"{e['speedup']:.2f}x")
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
