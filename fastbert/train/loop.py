@@ -333,9 +333,8 @@ class Trainer:
         loss_on of pooled embeddings (Task.packable: not MLM), its encoder trains at this step (a frozen one
         runs apart: no gradient, no dropout) and SMART does not apply to it (its perturbed passes are its own)."""
         head = self.model.tasks[task]
-        frozen = frozen_at(head.cfg["freeze_encoder"], self.state.step)
-        return (self.cfg["pack_tasks"] and head.packable and not frozen
-                and not smart.applies(head, Encode(self.model.encoder, frozen), self.cfg["smart"]))
+        return (self.cfg["pack_tasks"] and head.packable and not frozen_at(head.cfg["freeze_encoder"], self.state.step)
+                and not smart.applies(head, Encode(self.model.encoder), self.cfg["smart"]))
 
     def _next(self, task: str) -> TaskBatch:
         batch = self.data.next(task)

@@ -22,6 +22,7 @@ MIXES = {  # the tasks of a step: one view (sst, cross-encoders), two (bi-encode
     "triplets": {"tasks": ["simcse", "quora", "sts"], "quora": {"loss": "mnr"}},
 }
 NO_HEAD_DROPOUT = {t: {"dropout": 0.0} for t in ("sst", "quora", "sts")}
+DROPOUT = {"model": {**TINY_MODEL, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}}  # encoder
 
 
 def trainer(tiny, tmp_path, name, **settings) -> loop.Trainer:
@@ -110,8 +111,7 @@ def test_one_pass_in_bf16(tiny, tmp_path, routine, precision):
 def test_frozen_task_smart_and_the_setting_off_run_apart(tiny, tmp_path):
     """A task whose encoder is frozen at the step runs its own pass (no gradient, no dropout) beside the packed
     pass of the others; SMART, or pack_tasks false: every task its own pass, the per-task step itself."""
-    dropout = {"model": {**TINY_MODEL, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}}
-    frozen = trainer(tiny, tmp_path, "frozen", **MIXES["bi"], **dropout, sts={"freeze_encoder": [0, 1]})
+    frozen = trainer(tiny, tmp_path, "frozen", **MIXES["bi"], **DROPOUT, sts={"freeze_encoder": [0, 1]})
     assert [frozen.packs(t) for t in frozen.tasks] == [True, True, False]
     passes = Passes(frozen.model.encoder)
     frozen.step()
@@ -128,7 +128,7 @@ def test_frozen_task_smart_and_the_setting_off_run_apart(tiny, tmp_path):
     assert len(passes.calls) == 3
 
     smart = {"weight": 1.0, "eps": 0.1, "step": 0.1, "noise": 0.01, "steps": 1}
-    on, off = (trainer(tiny, tmp_path, f"smart-{p}", **MIXES["bi"], **dropout, smart=smart, pack_tasks=p)
+    on, off = (trainer(tiny, tmp_path, f"smart-{p}", **MIXES["bi"], **DROPOUT, smart=smart, pack_tasks=p)
                for p in (True, False))
     assert not any(on.packs(t) for t in on.tasks)
     torch.manual_seed(3)
@@ -149,8 +149,7 @@ def test_only_tasks_whose_loss_is_loss_on_of_pooled_embeddings_pack():
 def test_packed_pass_keys_tasks_apart(tiny, tmp_path):
     """With dropout every sequence of the pass has its own key: each task's keys moved past the tasks' before
     it (example index * views + view, below Loader.keys), so no two sequences share masks."""
-    dropout = {"model": {**TINY_MODEL, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}}
-    t = trainer(tiny, tmp_path, "keys", **MIXES["bi"], **dropout)
+    t = trainer(tiny, tmp_path, "keys", **MIXES["bi"], **DROPOUT)
     sizes = {n: s.loader.keys for n, s in t.data.streams.items()}
     assert t.key_offsets == {"sst": 0, "quora": sizes["sst"], "sts": sizes["sst"] + sizes["quora"]}
     passes = Passes(t.model.encoder)
@@ -192,8 +191,8 @@ def losses(run_dir) -> dict:
 def test_packed_run_with_dropout_resumes_exactly(tiny, tmp_path):
     """Dropout in the encoder and the heads: a packed run stopped mid-epoch (4 batches per task and epoch)
     resumes with the losses of a run never stopped; the per-task run draws other masks."""
-    s = {**tiny, **MIXES["bi"], "routine": "additive", "skip_bad_rows": True, "precision": "fp32",
-         "schedule": "constant", "model": {**TINY_MODEL, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}}
+    s = {**tiny, **MIXES["bi"], **DROPOUT, "routine": "additive", "skip_bad_rows": True, "precision": "fp32",
+         "schedule": "constant"}
     reference = losses(run_stage("multitask", **{**s, "run_dir": str(tmp_path / "ref")}, max_steps=7)["run_dir"])
     part = str(tmp_path / "part")
     run_stage("multitask", **{**s, "run_dir": part}, max_steps=3)
