@@ -52,11 +52,10 @@ DEFAULTS = {
     "routine": "additive",  # sequential | additive | parallel | weighted | stochastic | pcgrad
     "standardize": False,  # weighted/stochastic: loss improvements relative to the task's running loss
     "freeze_encoder": False,  # true, or [first_step, end_step): the encoder gets no gradient (per task too)
-    # additive / weighted: one encoder pass per step over every task's batch (bigger matmuls, fewer launches;
-    # the same losses and gradients, other dropout draws) instead of one per task; it holds every task's
-    # activations until the one backward. Tasks run apart where their encoder is frozen, SMART applies or
-    # the task is MLM (fastbert.train.loop.Trainer.packs)
-    "pack_tasks": True,
+    # pack_tasks: bigger matmuls and fewer launches for the same losses and gradients (other dropout draws),
+    # holding every task's activations until one backward; a task runs its own pass where its encoder is
+    # frozen, SMART applies, or it is MLM (fastbert.train.loop.Trainer.packs)
+    "pack_tasks": True,  # additive / weighted: one encoder pass per step over every task's batch, not one each
     # SMART regularisation (fastbert.tasks.smart): task loss + weight * divergence of the outputs at the most
     # divergent perturbation of the embedding output within eps (noise: its start's std, `steps` ascent steps
     # of size `step`); the paper's eps, step, noise and steps, weight 0: off
