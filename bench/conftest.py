@@ -21,7 +21,7 @@ from bench import workload
 from bench.machine import device_name
 from bench.machine import machine_info as bench_machine_info
 from bench.workload import DATA_DIR, ROOT, load_tasks
-from fastbert import BertTokenizer
+from fastbert import BertTokenizer, malloc
 
 RESULTS = os.path.join(ROOT, "bench", "results")
 _skipped: list[str] = []
@@ -29,8 +29,12 @@ _skipped: list[str] = []
 
 # -- session setup, results file, machine info ----------------------------------------------------------
 
+MALLOC = "keep"  # the driver's default (fastbert.malloc); process-wide, so every variant runs under it
+
+
 def pytest_configure(config):
     workload.set_quick(bool(config.getoption("benchmark_disable", False)))
+    malloc.configure(MALLOC)
 
 
 @pytest.hookimpl(trylast=True)
@@ -82,7 +86,7 @@ def pytest_terminal_summary(terminalreporter, config):
 def pytest_benchmark_update_machine_info(config, machine_info):
     """fastbert's machine info (bench/machine.py) and the benchmarks skipped here, in the JSON."""
     machine_info["fastbert"] = {**bench_machine_info(torch.device(device_name()), workload.QUICK),
-                                "skipped": list(_skipped)}
+                                "malloc": MALLOC, "skipped": list(_skipped)}
 
 
 # -- fixtures ------------------------------------------------------------------------------------------

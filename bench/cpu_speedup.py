@@ -15,7 +15,7 @@ from bench.machine import git_state, matmul_tflops
 from bench.rounds import batch_rounds, interleaved_train_rounds, speedup_record, speedup_variants
 from bench.targets import verdicts
 from bench.workload import DATA_DIR, ROOT, Runner, load_tasks, model_weights, timed_skip
-from fastbert import BertTokenizer
+from fastbert import BertTokenizer, malloc
 
 
 def main():
@@ -31,6 +31,7 @@ def main():
     git = git_state(ROOT)
     print(f"commit {git['commit'][:10]}" + (" + UNCOMMITTED CHANGES: no commit reproduces this" * git["dirty"]))
     torch.set_num_threads(args.threads)
+    malloc.configure("keep")  # the driver's default; process-wide, so every variant runs under it
     cpu = torch.device("cpu")
     rounds = batch_rounds(load_tasks(DATA_DIR), BertTokenizer.from_pretrained(), args.rounds, args.batches,
                           args.batch, seed=1, device=cpu, repeat=args.repeat)

@@ -22,6 +22,7 @@ from fastbert.backend import BACKENDS
 from fastbert.config import BertConfig
 from fastbert.data.batching import BATCHING
 from fastbert.errors import UserError
+from fastbert.malloc import MODES as MALLOC_MODES
 from fastbert.tasks.base import POOLING
 from fastbert.train.optim import OPTIMIZERS, SCHEDULES
 from fastbert.train.routines import ROUTINES
@@ -80,6 +81,7 @@ DEFAULTS = {
     "device": "auto",
     "seed": 0,
     "threads": "auto",  # torch CPU threads: auto = the cores not already busy (sampled from /proc/stat), >= 1
+    "malloc": "keep",  # freed host memory: keep (reused, no page faults; glibc only) | system (see fastbert.malloc)
     # the run
     "run_dir": None,  # None: runs/<stage>-<time>
     "resume": False,  # continue run_dir (or the newest runs/<stage>-*) from its last checkpoint
@@ -223,6 +225,7 @@ RULES: dict[str, Rule] = {
     "seed": _int(0),
     "threads": Rule("auto, an integer >= 1, or null (torch's default)",
                     lambda v: v in ("auto", None) or (_is_int(v) and v >= 1)),
+    "malloc": _one_of(MALLOC_MODES),
     "run_dir": _text("runs/<stage>-<time>"),
     "resume": _BOOL,
     "eval_every": _int(1, "once per epoch"),

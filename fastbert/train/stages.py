@@ -20,7 +20,7 @@ import zlib
 import numpy as np
 import torch
 
-from fastbert import _extension
+from fastbert import _extension, malloc
 from fastbert import tasks as tasks_mod
 from fastbert._io import atomic_write
 from fastbert.config import BertConfig
@@ -283,6 +283,7 @@ def locked(stage):
         check_device(cfg)
         cfg = _join(cfg)
         set_threads(cfg)
+        malloc.configure(cfg["malloc"])
         path = distributed.broadcast_object(cfg["run_dir"] or default_dir(cfg["stage"], cfg.get("resume", False)))
         with lock.held(path) if distributed.is_main() else contextlib.nullcontext():
             return stage({**cfg, "run_dir": path})

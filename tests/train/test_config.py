@@ -173,6 +173,7 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refus
     ("freeze_encoder", "[3]", "setting freeze_encoder: [3] is not allowed"),
     ("batching", "sorted", "setting batching: 'sorted' is not allowed; expected one of bucketed, random"),
     ("pack_tasks", "sometimes", "setting pack_tasks: 'sometimes' is not allowed; expected true or false"),
+    ("malloc", "jemalloc", "setting malloc: 'jemalloc' is not allowed; expected one of keep, system"),
     ("smart.weight", "-1", "setting smart.weight: -1 is not allowed; expected a number >= 0"),
     ("smart.eps", "0", "setting smart.eps: 0 is not allowed; expected a number > 0"),
     ("smart.noise", "0", "setting smart.noise: 0 is not allowed; expected a number > 0"),

@@ -1,0 +1,45 @@
+"""fastbert.malloc: with `keep`, a large block freed and allocated again is reused (no page faults); with
+`system`, glibc maps it afresh and the kernel faults in every page. Each case runs in its own process: the
+allocator's settings are process-wide."""
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from fastbert import malloc
+
+CHILD = """
+import resource, sys, torch
+from fastbert import malloc
+changed = malloc.configure(sys.argv[1])
+x = torch.ones(16 << 20); del x  # 64 MiB: above glibc's largest dynamic mmap threshold (32 MiB)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+x = torch.ones(16 << 20)
+print(changed, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+glibc = pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+
+
+def faults(mode: str) -> tuple[bool, int]:
+    out = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True, check=True).stdout
+    changed, n = out.split()
+    return changed == "True", int(n)
+
+
+@glibc
+def test_keep_reuses_freed_blocks():
+    changed, n = faults("keep")
+    assert changed and n < 1000  # 16,384 pages of 4 KiB if the block were mapped afresh
+
+
+@glibc
+def test_system_leaves_glibc_as_it_is():
+    changed, n = faults("system")
+    assert not changed and n > 8000
+
+
+def test_unknown_mode():
+    with pytest.raises(ValueError, match="malloc must be one of"):
+        malloc.configure("jemalloc")
