@@ -25,7 +25,7 @@ from fastbert import tasks as tasks_mod
 from fastbert._io import atomic_write
 from fastbert.config import BertConfig
 from fastbert.data.batching import BATCHING, Encoded, Loader
-from fastbert.errors import CheckpointError, NotFoundError, RunDirError
+from fastbert.errors import CheckpointError, RunDirError
 from fastbert.model import BertModel
 from fastbert.pretrained import default_path
 from fastbert.tasks import pair as pair_task
