@@ -7,7 +7,9 @@ word-embedding gradient (vocab x hidden: 47 MB for MiniLM, 94 MB for bert-base, 
 `keep` raises the mmap and trim thresholds so that these blocks come from the heap and freed ones stay
 there for the next step; this is what preloading jemalloc or tcmalloc does for PyTorch on CPUs (Intel's
 `ipexrun` and `torch.backends.xeon.run_cpu` launchers). The cost: the process holds its peak memory
-until it exits. Only glibc is tuned; elsewhere (macOS, musl) `configure` does nothing and says so.
+until it exits, and the setting holds for the rest of the process (`system` after `keep` changes nothing back).
+Only glibc is tuned; elsewhere (macOS, musl, a glibc that refuses the threshold) `configure` does nothing and
+returns False, which the training driver logs.
 """
 from __future__ import annotations
 
@@ -35,4 +37,8 @@ def configure(mode: str) -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return all([mallopt(param, value) == 1 for param, value in _KEEP])
+    # The mmap threshold first: a glibc that refuses 1 GiB (older ones cap it at 32 MiB) gets nothing, since
+    # setting the trim threshold or top pad alone would freeze its dynamic mmap threshold at 128 KiB.
+    if mallopt(*_KEEP[0]) != 1:
+        return False
+    return all([mallopt(param, value) == 1 for param, value in _KEEP[1:]])

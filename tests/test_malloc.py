@@ -49,3 +49,21 @@ def test_system_leaves_glibc_as_it_is():
 def test_unknown_mode():
     with pytest.raises(ValueError, match="malloc must be one of"):
         malloc.configure("jemalloc")
+
+
+@glibc
+def test_a_refused_threshold_changes_nothing(monkeypatch):
+    """A glibc that refuses the 1 GiB mmap threshold gets no other setting either: the trim threshold or top pad
+    alone would freeze its dynamic mmap threshold at 128 KiB, worse than its defaults."""
+    calls = []
+
+    class Mallopt:  # a ctypes function's stand-in: callable, argtypes and restype settable
+        argtypes = restype = None
+
+        def __call__(self, param, value):
+            calls.append(param)
+            return 0 if param == -3 else 1  # M_MMAP_THRESHOLD refused
+
+    monkeypatch.setattr(malloc.ctypes, "CDLL", lambda name: type("Libc", (), {"mallopt": Mallopt()})())
+    assert malloc.configure("keep") is False
+    assert calls == [-3]

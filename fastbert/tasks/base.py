@@ -135,7 +135,8 @@ class Task(nn.Module):
     def packable(self) -> bool:
         """Whether the loss is Task.loss, loss_on of one encoder pass's pooled embeddings of batch.inputs: then
         that pass may be shared with other tasks' batches (Encode.together; the training loop's pack_tasks)."""
-        return type(self).loss is Task.loss
+        cls = type(self)
+        return cls.loss is Task.loss and cls.embed is Task.embed  # the shared pass calls pooled, not embed
 
     def loss_on(self, e: torch.Tensor, batch: batching.TaskBatch) -> torch.Tensor:
         """The loss of pooled embeddings e [views, n, hidden] of `batch` against its labels."""

@@ -201,11 +201,11 @@ class Streams:
     def batches_per_epoch(self) -> dict[str, int]:
         return {t: len(s) for t, s in self.streams.items()}
 
-    def key_offsets(self) -> dict[str, int]:
-        """{task: what its sequences' dropout keys are moved up by in a packed pass}: past every key of the
-        tasks before it (Loader.keys), so that no two tasks' sequences share a key."""
-        counts = [s.loader.keys for s in self.streams.values()]
-        return dict(zip(self.streams, (int(x) for x in np.cumsum([0, *counts[:-1]]))))
+    def key_offsets(self, tasks: list[str]) -> dict[str, int]:
+        """{task: what its sequences' dropout keys are moved up by in a packed pass} for `tasks` (those that can
+        pack): past every key of the tasks before it (Loader.keys), so that no two tasks' sequences share a key."""
+        counts = [self.streams[t].loader.keys for t in tasks]
+        return dict(zip(tasks, (int(x) for x in np.cumsum([0, *counts[:-1]]))))
 
     def state_dict(self) -> dict:
         return {t: s.state_dict() for t, s in self.streams.items()}
@@ -233,7 +233,7 @@ class Trainer:
         model.to(self.device).train()
         self.tasks = list(loaders)
         self.data = Streams(loaders)
-        self.key_offsets = self.data.key_offsets()
+        self.key_offsets = self.data.key_offsets([t for t in self.tasks if model.tasks[t].packable])
         self.routine = routines.build(cfg["routine"], self.tasks, self.data.batches_per_epoch(), cfg["seed"],
                                       cfg["standardize"])
         epoch = self.routine.steps_per_epoch

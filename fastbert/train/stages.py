@@ -14,6 +14,7 @@ import contextlib
 import copy
 import functools
 import os
+import sys
 import time
 import zlib
 
@@ -283,7 +284,8 @@ def locked(stage):
         check_device(cfg)
         cfg = _join(cfg)
         set_threads(cfg)
-        malloc.configure(cfg["malloc"])
+        if cfg["malloc"] == "keep" and not malloc.configure("keep") and distributed.is_main():
+            print("note: malloc keep does nothing here (not glibc, or glibc refused the thresholds)", file=sys.stderr)
         path = distributed.broadcast_object(cfg["run_dir"] or default_dir(cfg["stage"], cfg.get("resume", False)))
         with lock.held(path) if distributed.is_main() else contextlib.nullcontext():
             return stage({**cfg, "run_dir": path})

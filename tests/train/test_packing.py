@@ -144,6 +144,15 @@ def test_only_tasks_whose_loss_is_loss_on_of_pooled_embeddings_pack():
     for name, settings, packable in [("sst", {}, True), ("quora", {"encoder": "cross"}, True), ("sts", {}, True),
                                      ("simcse", {}, True), ("mlm", {}, False)]:
         assert tasks.build(name, tasks.task_config(name, settings), cfg).packable is packable, name
+    sst = tasks.build("sst", tasks.task_config("sst", {}), cfg)
+
+    class OwnEmbedding(type(sst)):  # a task that pools its own way: the shared pass would skip its embed
+        def embed(self, encode, batch, delta=None):
+            return super().embed(encode, batch, delta) * 2
+
+    own = object.__new__(OwnEmbedding)
+    own.__dict__ = sst.__dict__
+    assert not own.packable
 
 
 def test_packed_pass_keys_tasks_apart(tiny, tmp_path):
