@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from fastbert.data.readers import Example
+from fastbert.ops.padding import seqlens_to_cu
 from fastbert.tokenizer import Batch, BertTokenizer
 
 Seq = tuple[list[int], list[int]]  # (input ids, token type ids)
@@ -183,17 +184,15 @@ def pack(inputs: Batch, key_offset: int = 0) -> Batch:
     if inputs.cu_seqlens is not None:
         return dataclasses.replace(inputs, dropout_keys=keys)
     real = inputs.attention_mask.bool()  # right-padded (collate): row-major order is sequence order
-    cu_seqlens = torch.nn.functional.pad(torch.cumsum(inputs.lengths, 0, dtype=torch.int32), (1, 0))
-    return Batch(inputs.input_ids[real], inputs.token_type_ids[real], None, inputs.lengths, cu_seqlens,
-                 int(inputs.lengths.max()) if n else 0, keys)
+    return Batch(inputs.input_ids[real], inputs.token_type_ids[real], None, inputs.lengths,
+                 seqlens_to_cu(inputs.lengths), int(inputs.lengths.max()) if n else 0, keys)
 
 
 def concat(parts: Sequence[Batch]) -> Batch:
     """Packed batches as one packed batch, their sequences in order; every part needs dropout keys (`pack`)."""
     lengths = torch.cat([p.lengths for p in parts])
-    cu_seqlens = torch.nn.functional.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
     return Batch(torch.cat([p.input_ids for p in parts]), torch.cat([p.token_type_ids for p in parts]), None,
-                 lengths, cu_seqlens, max(p.max_seqlen for p in parts),
+                 lengths, seqlens_to_cu(lengths), max(p.max_seqlen for p in parts),
                  torch.cat([p.dropout_keys for p in parts]))
 
 
