@@ -97,3 +97,19 @@ def test_packaged_specs_resolve():
                     config.resolve(link["stage"], {k: v for k, v in merged.items() if k != "stage"})
             else:
                 config.resolve(row.stage, recipe, overrides)
+
+
+def test_table_figure(tmp_path):
+    """The table figure draws a panel for each metric that has a value (fastbert's or the report's) and nothing
+    for a table without a fastbert value."""
+    from fastbert.experiments import plots
+
+    spec = specs.Spec(name="t", path="t.yaml", title="T", rows=[specs.Row(name="a", stage="single", report={"sts": 0.8}),
+                                                  specs.Row(name="b", stage="single", report={"quora": 0.7})])
+    none = {"sst": None, "quora": None, "sts": None, "mean": None}
+    stats = {"a": {**none, "sts": (0.85, 0.01), "report": {"sts": 0.8, "mean": None}},
+             "b": {**none, "report": {"quora": 0.7, "mean": None}}}
+    path = str(tmp_path / "t.png")
+    assert plots.table_dots(spec, stats, path) and os.path.getsize(path) > 0
+    stats["a"]["sts"] = None
+    assert not plots.table_dots(spec, stats, str(tmp_path / "u.png")) and not os.path.exists(tmp_path / "u.png")

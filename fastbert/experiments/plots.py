@@ -1,5 +1,5 @@
-"""The figures of RESULTS.md, from the records alone: per table the dev mean of each row (the report's
-beside fastbert's), and the dev mean against wall-clock time for the tables that ask for it."""
+"""The figures of RESULTS.md, from the records alone: per table each row's dev metrics (the report's beside
+fastbert's), and the dev mean against time for the tables that ask for it."""
 from __future__ import annotations
 
 import os
@@ -23,28 +23,47 @@ def _save(fig, path: str) -> None:
     os.replace(tmp, path)
 
 
-def table_bars(spec: Spec, stats: dict[str, dict], path: str) -> bool:
-    """Bars of the dev mean per row: report (where quoted) and fastbert (mean ± std over seeds).
-    stats: {row: {"mean": (mean, std) | None, "report_mean": float | None}}. False if nothing to draw."""
-    rows = [r.name for r in spec.rows if stats[r.name]["mean"] or stats[r.name]["report_mean"] is not None]
-    if not any(stats[r]["mean"] for r in rows):
+METRICS = {"sst": "SST acc", "quora": "Quora acc", "sts": "STS Pearson r", "mean": "dev mean"}
+
+
+def table_dots(spec: Spec, stats: dict[str, dict], path: str) -> bool:
+    """One panel per metric (SST, Quora, STS, mean; those with a value), one line per row: fastbert's value (a dot, ± std over seeds
+    as a bar) and the report's (a grey diamond), each panel's axis fitted to its values so that the differences
+    the table is about are visible. stats: {row: {metric: (mean, std) | None, "report": {metric: float | None}}}.
+    False if no row has a fastbert value."""
+    rows = [r.name for r in spec.rows if any(stats[r.name][m] for m in METRICS)
+            or any(v is not None for v in stats[r.name]["report"].values())]
+    if not any(stats[r][m] for r in rows for m in METRICS):
         return False
-    fig = _figure((max(5.0, 1.1 * len(rows) + 2), 3.6))
-    ax = fig.subplots()
-    xs = range(len(rows))
-    rep = [stats[r]["report_mean"] or 0.0 for r in rows]
-    ours = [stats[r]["mean"][0] if stats[r]["mean"] else 0.0 for r in rows]
-    err = [stats[r]["mean"][1] if stats[r]["mean"] else 0.0 for r in rows]
-    if any(rep):
-        ax.bar([x - 0.2 for x in xs], rep, width=0.4, label="report (bert-base)", color="#bbbbbb")
-    ax.bar([x + 0.2 for x in xs], ours, width=0.4, yerr=err, label="fastbert (MiniLM-L6)", color="#3b75af")
-    ax.set_xlim(-0.7, len(rows) - 0.3)
-    ax.set_xticks(list(xs))
-    ax.set_xticklabels(rows, rotation=30, ha="right", fontsize=8)
-    ax.set(ylabel="dev mean\n(SST acc, Quora acc, STS r)", ylim=(0, 1))
-    ax.set_title(spec.title if len(spec.title) < 70 else spec.title[:67] + "...", fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.subplots_adjust(bottom=0.32, top=0.9, left=0.14, right=0.98)
+    panels = [m for m in METRICS if any(stats[r][m] or stats[r]["report"].get(m) is not None for r in rows)]
+    fig = _figure((max(7.0, 2.6 * len(panels) + 1.6), 0.32 * len(rows) + 1.3))
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    ys = range(len(rows))
+    for ax, m in zip(axes, panels):
+        for y, r in zip(ys, rows):
+            ours, rep = stats[r][m], stats[r]["report"].get(m)
+            if rep is not None:
+                ax.plot([rep], [y], marker="D", color="#aaaaaa", linestyle="", markersize=5)
+            if ours:
+                ax.errorbar([ours[0]], [y], xerr=[ours[1]], marker="o", color="#3b75af", linestyle="", markersize=5,
+                            capsize=2)
+        ax.set_title(METRICS[m], fontsize=9)
+        ax.grid(axis="x", color="#dddddd", linewidth=0.6)
+        ax.tick_params(labelsize=7)
+        ax.margins(x=0.15)
+    axes[0].set_yticks(list(ys))
+    axes[0].set_yticklabels(rows, fontsize=8)
+    axes[0].set_ylim(len(rows) - 0.5, -0.5)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", color="#3b75af", linestyle=""),
+               Line2D([], [], marker="D", color="#aaaaaa", linestyle="")]
+    fig.legend(handles, ["fastbert (MiniLM-L6), ± std over seeds", "report (bert-base)"], loc="lower center",
+               ncol=2, fontsize=8, frameon=False)
+    fig.suptitle(spec.title if len(spec.title) < 110 else spec.title[:107] + "...", fontsize=9)
+    height = fig.get_figheight()
+    fig.subplots_adjust(left=0.95 / fig.get_figwidth() + 0.08, right=0.98, top=1 - 0.45 / height,
+                        bottom=0.65 / height, wspace=0.08)
     _save(fig, path)
     return True
 
@@ -59,9 +78,13 @@ def time_to_accuracy(curves: dict[str, tuple[list[list], float]], path: str) -> 
         return False
     fig = _figure((11, 4))
     axes = fig.subplots(1, 2, sharey=True)
-    for label, (pts, f) in sorted(drawn.items()):
+    from matplotlib import colormaps
+
+    colors = colormaps["tab20"].colors
+    for i, (label, (pts, f)) in enumerate(sorted(drawn.items())):
         for ax, scale in zip(axes, (1.0, f)):
-            ax.plot([m * scale for m, _ in pts], [v for _, v in pts], marker="o", label=label)
+            ax.plot([m * scale for m, _ in pts], [v for _, v in pts], marker="osD^vPX"[i % 7], label=label,
+                    color=colors[(2 * i) % 20 + (i // 10) % 2])
     for ax, xlabel in zip(axes, ("wall-clock minutes on this machine", "CPU minutes (one thread)")):
         ax.axhline(0.75, color="#999999", linestyle=":", linewidth=1)
         ax.axvline(10, color="#999999", linestyle=":", linewidth=1)

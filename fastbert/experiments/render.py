@@ -114,8 +114,9 @@ def table_section(spec: Spec, recs: dict[str, list[dict]], root: str) -> list[st
             flag = _flags(recs[r.name])
         cells = [x for pair in zip(rep, ours) for x in pair]
         lines.append(f"| {r.name}{flag} | " + " | ".join(cells + rest) + " |")
-    bar_stats = {r.name: {"mean": stats[r.name]["mean"], "report_mean": _report_mean(r.report)} for r in spec.rows}
-    if plots.table_bars(spec, bar_stats, os.path.join(root, "results", f"{spec.name}.png")):
+    dots = {r.name: {**{m: stats[r.name].get(m) for m in plots.METRICS},
+                     "report": {**r.report, "mean": _report_mean(r.report)}} for r in spec.rows}
+    if plots.table_dots(spec, dots, os.path.join(root, "results", f"{spec.name}.png")):
         lines += ["", f"![{spec.title}](results/{spec.name}.png)"]
     lines += ["", "<details><summary>rows: what each runs, and the exact commands</summary>", ""]
     for r in spec.rows:
