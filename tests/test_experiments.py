@@ -69,6 +69,18 @@ def test_run_record_skip_render(table, tmp_path, capsys):
     assert "Not run yet** (no record): none" in text and "--max_steps 2" in text
     assert os.path.exists(os.path.join(root, "results", "tiny.png"))
 
+    # a same_as row is the named row's run: not run again, shown from that table's record
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({"title": "Other", "rows": [{"name": "mine", "same_as": "tiny/additive"}]}))
+    capsys.readouterr()
+    assert cli.main(["run", str(other), "--root", root]) == 0
+    assert "tiny/additive seed 0: recorded" in capsys.readouterr().out
+    assert not os.path.exists(os.path.join(root, "results", "records", "other"))
+    assert cli.main(["render", "--root", root, "--spec", str(other)]) == 0
+    text = open(os.path.join(root, "RESULTS.md"), encoding="utf-8").read()
+    assert next(x for x in text.splitlines() if x.startswith("| mine")).count(f"{rec['dev_mean']:.3f}") == 1
+    assert "the run of tiny/additive" in text
+
 
 def test_spec_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
@@ -77,6 +89,13 @@ def test_spec_errors(tmp_path):
         specs.load(str(bad))
     with pytest.raises(specs.SpecError, match="no table"):
         specs.load("no-such-table")
+    bad.write_text(yaml.safe_dump({"rows": [{"name": "a", "same_as": "report1-t4/additive", "stage": "single"}]}))
+    with pytest.raises(specs.SpecError, match="same_as"):
+        specs.load(str(bad))
+    bad.write_text(yaml.safe_dump({"rows": [{"name": "a", "same_as": "report1-t4/nope"}]}))
+    spec = specs.load(str(bad))
+    with pytest.raises(specs.SpecError, match="no row 'nope'"):
+        specs.target(spec, spec.rows[0])
 
 
 def test_packaged_specs_resolve():
@@ -86,7 +105,8 @@ def test_packaged_specs_resolve():
     for name in specs.names():
         spec = specs.load(name)
         for row in spec.rows:
-            argv = runner.argv_for(spec, row, 0, "/nonexistent", 1, False)
+            spec_, row = specs.target(spec, row)
+            argv = runner.argv_for(spec_, row, 0, "/nonexistent", 1, False)
             rest = argv[4:]  # python -m fastbert.train <stage> [--config C] --key value ...
             overrides = config.parse_overrides(rest[2:] if rest[:1] == ["--config"] else rest)
             recipe = row.recipe if row.recipe is not None else (config.load_recipe(row.config) if row.config else None)

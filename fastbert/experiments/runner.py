@@ -14,7 +14,7 @@ import time
 
 import yaml
 
-from fastbert.experiments import records
+from fastbert.experiments import records, specs
 from fastbert.experiments.specs import Row, Spec, command, display
 from fastbert.train import config
 
@@ -130,7 +130,8 @@ def run_table(spec: Spec, root: str, seeds: int | None = None, rows: list[str] |
     chosen = [spec.row(r) for r in rows] if rows else spec.rows
     counts: dict[str, int] = {}
     for row in chosen:
+        table, run_row = specs.target(spec, row)  # a same_as row runs (and is recorded) as the row it names
         for seed in range(seeds or spec.seeds):
-            outcome = run_one(spec, row, seed, root, threads, resume, dry_run)
+            outcome = run_one(table, run_row, seed, root, threads, resume, dry_run)
             counts[outcome] = counts.get(outcome, 0) + 1
     return counts

@@ -13,6 +13,8 @@ A spec:
         recipe: {...}                 # optional instead of config: a recipe written out for the run (chains)
         overrides: {routine: additive}
         report: {sst: 0.483, quora: 0.802, sts: 0.493}   # the report's figures, quoted (null: not reported)
+      - name: additive
+        same_as: report1-t4/additive  # another table's row with the same settings: run and recorded once, there
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import yaml
 
 SPECS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs")
 TASKS = ("sst", "quora", "sts")  # the dev metrics of a table: SST accuracy, Quora accuracy, STS Pearson
-ROW_KEYS = {"name", "stage", "config", "recipe", "overrides", "report", "note"}
+ROW_KEYS = {"name", "stage", "config", "recipe", "overrides", "report", "note", "same_as"}
 SPEC_KEYS = {"title", "source", "note", "seeds", "common", "rows", "curves"}
 
 
@@ -42,6 +44,7 @@ class Row:
     overrides: dict = field(default_factory=dict)
     report: dict = field(default_factory=dict)
     note: str = ""
+    same_as: str | None = None  # "table/row": this row is that row's run (recorded there)
 
 
 @dataclass
@@ -105,8 +108,14 @@ def load(name_or_path: str) -> Spec:
 
 
 def _row(path: str, i: int, r) -> Row:
-    if not isinstance(r, dict) or not r.get("name") or not r.get("stage"):
-        raise SpecError(f"{path}: row {i}: needs `name` and `stage`, got {r!r}")
+    if isinstance(r, dict) and r.get("name") and r.get("same_as"):
+        extra = set(r) - {"name", "same_as", "report", "note"}
+        if extra or not isinstance(r["same_as"], str) or r["same_as"].count("/") != 1:
+            raise SpecError(f"{path}: row {r['name']!r}: `same_as` takes 'table/row' and goes with only `report` "
+                            f"and `note`, got same_as={r['same_as']!r} with {sorted(extra)}")
+        r = {**r, "stage": None}
+    elif not isinstance(r, dict) or not r.get("name") or not r.get("stage"):
+        raise SpecError(f"{path}: row {i}: needs `name` and `stage` (or `same_as`), got {r!r}")
     unknown = set(r) - ROW_KEYS
     if unknown:
         raise SpecError(f"{path}: row {r['name']!r}: unknown keys {sorted(unknown)} (allowed: {sorted(ROW_KEYS)})")
@@ -117,7 +126,23 @@ def _row(path: str, i: int, r) -> Row:
     if bad:
         raise SpecError(f"{path}: row {r['name']!r}: report takes numbers (or null) for {TASKS}, got {bad}")
     return Row(name=str(r["name"]), stage=r["stage"], config=r.get("config"), recipe=r.get("recipe"),
-               overrides=r.get("overrides") or {}, report=report, note=r.get("note", ""))
+               overrides=r.get("overrides") or {}, report=report, note=r.get("note", ""), same_as=r.get("same_as"))
+
+
+def target(spec: Spec, row: Row) -> tuple[Spec, Row]:
+    """The table and row whose run this row is: itself, or what its `same_as` names (checked)."""
+    if row.same_as is None:
+        return spec, row
+    table, name = row.same_as.split("/")
+    beside = os.path.join(os.path.dirname(spec.path), table + ".yaml")  # a table file next to this one, else packaged
+    try:
+        other = load(beside if os.path.exists(beside) else table)
+        found = other.row(name)
+    except SpecError as e:
+        raise SpecError(f"{spec.path}: row {row.name!r}: same_as {row.same_as!r}: {e}") from None
+    if found.same_as is not None:
+        raise SpecError(f"{spec.path}: row {row.name!r}: same_as {row.same_as!r} is itself a same_as row")
+    return other, found
 
 
 def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
