@@ -124,8 +124,10 @@ def table_section(spec: Spec, recs: dict[str, list[dict]], root: str) -> list[st
         if r.same_as:
             what += f"the run of {r.same_as} (the same settings), shown here for comparison. "
         if r.name in recs:
-            cmds = "; ".join(f"`{x['command']}`" for x in recs[r.name])
-            lines.append(what + f"commit {recs[r.name][0]['commit'][:10]}: {cmds}")
+            by_commit: dict[str, list[str]] = {}  # seeds run at different commits are listed under each
+            for x in recs[r.name]:
+                by_commit.setdefault(x["commit"][:10], []).append(f"`{x['command']}`")
+            lines.append(what + "; ".join(f"commit {c}: {'; '.join(cmds)}" for c, cmds in by_commit.items()))
         else:
             lines.append(what + "not run yet")
     return lines + ["", "</details>", ""]
