@@ -81,6 +81,19 @@ def test_run_record_skip_render(table, tmp_path, capsys):
     assert next(x for x in text.splitlines() if x.startswith("| mine")).count(f"{rec['dev_mean']:.3f}") == 1
     assert "the run of tiny/additive" in text
 
+    # an attempt whose times were lost (its runner killed outright) makes the times a lower bound: ≥
+    assert rec["times_complete"] and "≥" not in text
+    rdir = os.path.join(root, runner.run_dir("tiny", "additive", 0))
+    lost = {**records.read_attempts(rdir)[0], "returncode": None, "wall_s": None, "cpu_s": None}
+    records._write_attempts(rdir, [lost] + records.read_attempts(rdir))
+    os.remove(path)
+    assert cli.main(["run", table, "--root", root, "--rows", "additive"]) == 0
+    again = json.load(open(path, encoding="utf-8"))
+    assert not again["times_complete"] and again["attempts"] == 2 and again["cpu_s"] == rec["cpu_s"]
+    assert cli.main(["render", "--root", root, "--spec", table]) == 0
+    text = open(os.path.join(root, "RESULTS.md"), encoding="utf-8").read()
+    assert f"| ≥ {rec['cpu_s']:.0f} |" in next(x for x in text.splitlines() if x.startswith("| additive"))
+
 
 def test_spec_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
@@ -133,3 +146,35 @@ def test_table_figure(tmp_path):
     assert plots.table_dots(spec, stats, path) and os.path.getsize(path) > 0
     stats["a"]["sts"] = None
     assert not plots.table_dots(spec, stats, str(tmp_path / "u.png")) and not os.path.exists(tmp_path / "u.png")
+
+
+def test_signal_saves_and_records(table, tmp_path):
+    """SIGTERM to `experiments run` while a driver trains: the driver saves and stops, the attempt is recorded
+    with its times and exit status, and the command ends with one line and status 130."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spec = yaml.safe_load(open(table, encoding="utf-8"))
+    spec["common"].update(max_steps=100000, save_every=100000)
+    spec["rows"] = spec["rows"][:1]
+    path = tmp_path / "long.yaml"
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    root = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "fastbert.experiments", "run", str(path), "--root", str(root)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = root / runner.run_dir("long", "additive", 0) / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and '"loss"' in metrics.read_text()) and time.time() < deadline:
+        time.sleep(0.2)
+    assert metrics.exists(), proc.communicate()
+    attempts = records.read_attempts(str(metrics.parent))
+    assert len(attempts) == 1 and attempts[0]["wall_s"] is None  # recorded from the start
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1].startswith("interrupted: signal 15"), err
+    attempts = records.read_attempts(str(metrics.parent))
+    assert len(attempts) == 1 and attempts[0]["returncode"] not in (None, 0) and attempts[0]["wall_s"] > 0
+    assert "interrupted at step" in (metrics.parent / "run.log").read_text()
+    assert (metrics.parent / "last").exists() and not os.path.exists(records.record_path(str(root), "long", "additive", 0))

@@ -60,12 +60,20 @@ def read_attempts(run_dir: str) -> list[dict]:
 
 
 def add_attempt(run_dir: str, attempt: dict) -> None:
-    attempts = read_attempts(run_dir) + [attempt]
+    _write_attempts(run_dir, read_attempts(run_dir) + [attempt])
+
+
+def _write_attempts(run_dir: str, attempts: list[dict]) -> None:
     os.makedirs(run_dir, exist_ok=True)
     tmp = os.path.join(run_dir, ATTEMPTS + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(attempts, f, indent=1)
     os.replace(tmp, os.path.join(run_dir, ATTEMPTS))
+
+
+def set_last_attempt(run_dir: str, attempt: dict) -> None:
+    """Replaces the last entry (the attempt added when it started) with its final state."""
+    _write_attempts(run_dir, read_attempts(run_dir)[:-1] + [attempt])
 
 
 def stage_dirs(run_dir: str) -> list[str]:

@@ -109,8 +109,9 @@ def table_section(spec: Spec, recs: dict[str, list[dict]], root: str) -> list[st
         else:
             st = stats[r.name]
             ours = [_cell(st[t], n[r.name]) for t in (*TASKS, "mean")]
-            rest = [_versus(stats, best, r.name, n), str(n[r.name]), f"{st['steps']:.0f}", f"{st['wall_s']:.0f}",
-                    f"{st['cpu_s']:.0f}", _machines(recs[r.name])]
+            at_least = "" if all(x.get("times_complete", True) for x in recs[r.name]) else "≥ "
+            rest = [_versus(stats, best, r.name, n), str(n[r.name]), f"{st['steps']:.0f}",
+                    f"{at_least}{st['wall_s']:.0f}", f"{at_least}{st['cpu_s']:.0f}", _machines(recs[r.name])]
             flag = _flags(recs[r.name])
         cells = [x for pair in zip(rep, ours) for x in pair]
         lines.append(f"| {r.name}{flag} | " + " | ".join(cells + rest) + " |")
@@ -143,6 +144,9 @@ def render(specs: list[Spec], root: str) -> str:
              "`results/records/` (written by `python -m fastbert.experiments run <table>`); do not edit by hand.",
              "", SETTING, "", "† dev subset: the run evaluated a subset of a dev set (its `eval_limit`; the default recipe evaluates "
              "Quora on 5,000 of its dev pairs).", ""]
+    if any(not x.get("times_complete", True) for rows in found.values() for recs in rows.values() for x in recs):
+        lines += ["≥ in the time columns: an attempt of that run lost its times (its runner was killed before "
+                  "recording them); the figure counts the attempts that recorded theirs.", ""]
     if dirty:
         lines += ["**⚠ WARNING: these records come from a working tree with uncommitted changes (the code that ran "
                   "is not the commit named): " + ", ".join(dirty) + ".**", ""]

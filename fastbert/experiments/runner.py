@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -52,20 +53,48 @@ def _cpu_children() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+class _Forward:
+    """While a driver runs: SIGINT / SIGTERM to this process are passed to it as one SIGTERM (the driver then
+    finishes its step, saves and exits; a terminal's Ctrl-C reaches it directly too, and a second SIGTERM is
+    ignored there), and this process waits for it instead of dying first, so the attempt is still recorded.
+    `received` holds the signal; the caller stops after recording."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc, self.received, self._previous = proc, None, {}
+
+    def __enter__(self):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+
+    def _handle(self, signum, frame):
+        if self.received is None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        self.received = signum
+
+
 def launch(argv: list[str], root: str, rdir: str) -> dict:
-    """Run the driver in `root` (output to <run_dir>/driver.log); the attempt's times, commit, exit code."""
+    """Run the driver in `root` (output to <run_dir>/driver.log); the attempt's times, commit, exit code.
+    The attempt is in <run_dir>/experiment.json from its start (times null until it ends), so an attempt
+    whose times were lost (this process killed by SIGKILL) still shows; a signal stops the table after it."""
     os.makedirs(os.path.join(root, rdir), exist_ok=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)}
     attempt = {"command": display(argv), "started": datetime.datetime.now(datetime.timezone.utc).isoformat(
-        timespec="seconds"), "git": records.git_state(REPO), "returncode": None}
+        timespec="seconds"), "git": records.git_state(REPO), "returncode": None, "wall_s": None, "cpu_s": None}
+    records.add_attempt(os.path.join(root, rdir), attempt)
     wall0, cpu0 = time.time(), _cpu_children()
-    try:
-        with open(os.path.join(root, rdir, "driver.log"), "a", encoding="utf-8") as log:
-            attempt["returncode"] = subprocess.run(argv, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                                   check=False).returncode
-    finally:  # also when interrupted: the time spent counts
-        attempt["wall_s"], attempt["cpu_s"] = round(time.time() - wall0, 1), round(_cpu_children() - cpu0, 1)
-        records.add_attempt(os.path.join(root, rdir), attempt)
+    with open(os.path.join(root, rdir, "driver.log"), "a", encoding="utf-8") as log:
+        proc = subprocess.Popen(argv, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+        with _Forward(proc) as forward:
+            attempt["returncode"] = proc.wait()
+    attempt["wall_s"], attempt["cpu_s"] = round(time.time() - wall0, 1), round(_cpu_children() - cpu0, 1)
+    records.set_last_attempt(os.path.join(root, rdir), attempt)
+    if forward.received is not None:
+        raise KeyboardInterrupt(f"signal {forward.received}: the run saved and stopped; --resume continues it")
     return attempt
 
 
@@ -75,8 +104,9 @@ def make_record(spec: Spec, row: Row, seed: int, root: str, rdir: str, threads: 
     return {"table": spec.name, "row": row.name, "seed": seed, "stage": row.stage, "config": row.config,
             "recipe": row.recipe, "settings": settings(spec, row, seed, threads),
             **records.results(os.path.join(root, rdir)),
-            "wall_s": round(sum(a["wall_s"] for a in attempts), 1),
-            "cpu_s": round(sum(a["cpu_s"] for a in attempts), 1), "attempts": len(attempts),
+            "wall_s": round(sum(a["wall_s"] or 0.0 for a in attempts), 1),
+            "cpu_s": round(sum(a["cpu_s"] or 0.0 for a in attempts), 1), "attempts": len(attempts),
+            "times_complete": all(a["wall_s"] is not None and a["cpu_s"] is not None for a in attempts),
             "command": attempts[0]["command"] if attempts else None,
             "commit": commits[-1] if commits else None, "commits": commits,
             "dirty": any(a["git"]["dirty"] for a in attempts),
