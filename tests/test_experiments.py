@@ -118,7 +118,10 @@ def test_packaged_specs_resolve():
     for name in specs.names():
         spec = specs.load(name)
         for row in spec.rows:
-            spec_, row = specs.target(spec, row)
+            spec_, target = specs.target(spec, row)
+            if row.same_as:  # "the same settings": the tables' common settings agree
+                assert spec.common == spec_.common, (spec.name, row.name)
+            row = target
             argv = runner.argv_for(spec_, row, 0, "/nonexistent", 1, False)
             rest = argv[4:]  # python -m fastbert.train <stage> [--config C] --key value ...
             overrides = config.parse_overrides(rest[2:] if rest[:1] == ["--config"] else rest)
@@ -143,14 +146,44 @@ def test_table_figure(tmp_path):
     stats = {"a": {**none, "sts": (0.85, 0.01), "report": {"sts": 0.8, "mean": None}},
              "b": {**none, "report": {"quora": 0.7, "mean": None}}}
     path = str(tmp_path / "t.png")
-    assert plots.table_dots(spec, stats, path) and os.path.getsize(path) > 0
+    assert plots.table_dots(spec, stats, path) == 2 and os.path.getsize(path) > 0  # Quora (report only), STS
     stats["a"]["sts"] = None
-    assert not plots.table_dots(spec, stats, str(tmp_path / "u.png")) and not os.path.exists(tmp_path / "u.png")
+    assert plots.table_dots(spec, stats, str(tmp_path / "u.png")) == 0 and not os.path.exists(tmp_path / "u.png")
+
+    curves = {"a": ([[60.0, 10, 0.7], [120.0, 20, 0.72]], 0.5), "b": ([[30.0, 5, None]], 1.0),
+              "c": ([[90.0, 10, 0.71]], None)}  # b: no dev mean, not drawn; c: times incomplete, left panel only
+    assert plots.time_to_accuracy(curves, str(tmp_path / "tta.png"))
+    assert not plots.time_to_accuracy({"b": curves["b"]}, str(tmp_path / "none.png"))
 
 
-def test_signal_saves_and_records(table, tmp_path):
-    """SIGTERM to `experiments run` while a driver trains: the driver saves and stops, the attempt is recorded
-    with its times and exit status, and the command ends with one line and status 130."""
+def test_log_times_leave_out_pauses(tmp_path):
+    """The dev curve's times count the run, not the hours between an interrupted attempt and its resume."""
+    log = tmp_path / "run.log"
+    log.write_text("2026-12-02 10:00:00 single: tasks ['sts']\n2026-12-02 10:01:00 step 10: dev sts 0.5\n"
+                   "2026-12-02 10:02:00 interrupted at step 15: saved\n2026-12-02 12:00:00 single: tasks ['sts']\n"
+                   "2026-12-02 12:00:30 resumed from x at step 15\n2026-12-02 12:01:30 step 20: dev sts 0.6\n")
+    assert records._log_times(str(log)) == (210.0, {10: 60.0, 20: 210.0})
+
+
+def test_busy_run_is_skipped(table, tmp_path, capsys):
+    """Two runners on one run (tables share rows through same_as): the second skips it."""
+    import fcntl
+
+    spec = specs.load(table)
+    root = str(tmp_path / "out")
+    rdir = os.path.join(root, runner.run_dir("tiny", "additive", 0))
+    os.makedirs(rdir)
+    with open(os.path.join(rdir, "experiment.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert runner.run_one(spec, spec.row("additive"), 0, root, 1, False, False) == "busy"
+    assert "running in another process" in capsys.readouterr().out and os.listdir(rdir) == ["experiment.lock"]
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["sigterm-to-runner", "ctrl-c-to-group"])
+def test_signal_saves_and_records(table, tmp_path, group):
+    """SIGTERM to `experiments run` (or Ctrl-C: SIGINT to runner and driver) while a driver trains: the driver
+    saves and stops, the attempt is recorded with its times and exit status, and the command ends with one
+    line and status 130."""
     import signal
     import subprocess
     import sys
@@ -163,17 +196,26 @@ def test_signal_saves_and_records(table, tmp_path):
     path.write_text(yaml.safe_dump(spec), encoding="utf-8")
     root = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "fastbert.experiments", "run", str(path), "--root", str(root)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = root / runner.run_dir("long", "additive", 0) / "metrics.jsonl"
-    deadline = time.time() + 120
-    while not (metrics.exists() and '"loss"' in metrics.read_text()) and time.time() < deadline:
-        time.sleep(0.2)
-    assert metrics.exists(), proc.communicate()
-    attempts = records.read_attempts(str(metrics.parent))
-    assert len(attempts) == 1 and attempts[0]["wall_s"] is None  # recorded from the start
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and err.strip().splitlines()[-1].startswith("interrupted: signal 15"), err
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        metrics = root / runner.run_dir("long", "additive", 0) / "metrics.jsonl"
+        deadline = time.time() + 120
+        while not (metrics.exists() and '"loss"' in metrics.read_text()) and time.time() < deadline:
+            time.sleep(0.2)
+        assert metrics.exists() and proc.poll() is None
+        attempts = records.read_attempts(str(metrics.parent))
+        assert len(attempts) == 1 and attempts[0]["wall_s"] is None  # recorded from the start
+        if group:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    signum = signal.SIGINT if group else signal.SIGTERM
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == f"interrupted: signal {signum}: the run saved and stopped; --resume continues it"
     attempts = records.read_attempts(str(metrics.parent))
     assert len(attempts) == 1 and attempts[0]["returncode"] not in (None, 0) and attempts[0]["wall_s"] > 0
     assert "interrupted at step" in (metrics.parent / "run.log").read_text()

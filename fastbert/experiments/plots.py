@@ -26,15 +26,15 @@ def _save(fig, path: str) -> None:
 METRICS = {"sst": "SST acc", "quora": "Quora acc", "sts": "STS Pearson r", "mean": "dev mean"}
 
 
-def table_dots(spec: Spec, stats: dict[str, dict], path: str) -> bool:
+def table_dots(spec: Spec, stats: dict[str, dict], path: str) -> int:
     """One panel per metric (SST, Quora, STS, mean; those with a value), one line per row: fastbert's value (a dot, ± std over seeds
     as a bar) and the report's (a grey diamond), each panel's axis fitted to its values so that the differences
     the table is about are visible. stats: {row: {metric: (mean, std) | None, "report": {metric: float | None}}}.
-    False if no row has a fastbert value."""
+    Returns the number of panels drawn: 0 (nothing written) if no row has a fastbert value."""
     rows = [r.name for r in spec.rows if any(stats[r.name][m] for m in METRICS)
             or any(v is not None for v in stats[r.name]["report"].values())]
     if not any(stats[r][m] for r in rows for m in METRICS):
-        return False
+        return 0
     panels = [m for m in METRICS if any(stats[r][m] or stats[r]["report"].get(m) is not None for r in rows)]
     fig = _figure((max(7.0, 2.6 * len(panels) + 1.6), 0.32 * len(rows) + 1.3))
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
@@ -65,13 +65,14 @@ def table_dots(spec: Spec, stats: dict[str, dict], path: str) -> bool:
     fig.subplots_adjust(left=0.95 / fig.get_figwidth() + 0.08, right=0.98, top=1 - 0.45 / height,
                         bottom=0.65 / height, wspace=0.08)
     _save(fig, path)
-    return True
+    return len(panels)
 
 
 def time_to_accuracy(curves: dict[str, tuple[list[list], float]], path: str) -> bool:
     """Dev mean against minutes, one line per run: wall-clock on the machine that ran it (left) and that
     time scaled by the run's CPU seconds / wall seconds (right: about an unloaded one-thread run's wall
-    time). curves: {label: ([[seconds, step, mean], ...], cpu_s / wall_s)}."""
+    time; left out where the run's times are incomplete). curves: {label: ([[seconds, step, mean], ...],
+    cpu_s / wall_s or None)}."""
     drawn = {k: ([(c[0] / 60, c[2]) for c in v if c[2] is not None], f) for k, (v, f) in curves.items()}
     drawn = {k: v for k, v in drawn.items() if v[0]}
     if not drawn:
@@ -82,7 +83,7 @@ def time_to_accuracy(curves: dict[str, tuple[list[list], float]], path: str) -> 
 
     colors = colormaps["tab20"].colors
     for i, (label, (pts, f)) in enumerate(sorted(drawn.items())):
-        for ax, scale in zip(axes, (1.0, f)):
+        for ax, scale in zip(axes, (1.0, f) if f is not None else (1.0,)):
             ax.plot([m * scale for m, _ in pts], [v for _, v in pts], marker="osD^vPX"[i % 7], label=label,
                     color=colors[(2 * i) % 20 + (i // 10) % 2])
     for ax, xlabel in zip(axes, ("wall-clock minutes on this machine", "CPU minutes (one thread)")):

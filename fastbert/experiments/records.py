@@ -71,9 +71,9 @@ def _write_attempts(run_dir: str, attempts: list[dict]) -> None:
     os.replace(tmp, os.path.join(run_dir, ATTEMPTS))
 
 
-def set_last_attempt(run_dir: str, attempt: dict) -> None:
-    """Replaces the last entry (the attempt added when it started) with its final state."""
-    _write_attempts(run_dir, read_attempts(run_dir)[:-1] + [attempt])
+def set_last_attempt(run_dir: str, attempt: dict | None) -> None:
+    """Replaces the last entry (the attempt added when it started) with its final state (None: drops it)."""
+    _write_attempts(run_dir, read_attempts(run_dir)[:-1] + ([attempt] if attempt else []))
 
 
 def stage_dirs(run_dir: str) -> list[str]:
@@ -90,12 +90,14 @@ def _jsonl(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _log_times(path: str) -> tuple[float | None, float | None, dict[int, float]]:
-    """run.log: (first, last timestamp, {step: time of its dev line}) in epoch seconds."""
-    first = last = None
+def _log_times(path: str) -> tuple[float, dict[int, float]]:
+    """run.log: (seconds it ran, {step: seconds into the run at its dev line}); the time between an
+    "interrupted" line and the next start (a resume) does not count."""
+    first = prev = None
+    paused, stopped = 0.0, False
     dev: dict[int, float] = {}
     if not os.path.exists(path):
-        return first, last, dev
+        return 0.0, dev
     with open(path, encoding="utf-8") as f:
         for line in f:
             try:
@@ -103,11 +105,14 @@ def _log_times(path: str) -> tuple[float | None, float | None, dict[int, float]]
             except ValueError:
                 continue
             first = t if first is None else first
-            last = t
+            if stopped:
+                paused += t - prev
+            prev = t
             words = line[20:].split()
+            stopped = words[:1] == ["interrupted"]
             if len(words) > 2 and words[0] == "step" and words[2] == "dev" and words[1].rstrip(":").isdigit():
-                dev[int(words[1].rstrip(":"))] = t
-    return first, last, dev
+                dev[int(words[1].rstrip(":"))] = t - first - paused
+    return (prev - first - paused) if first is not None else 0.0, dev
 
 
 def mean3(dev: dict) -> float | None:
@@ -118,7 +123,7 @@ def mean3(dev: dict) -> float | None:
 
 def results(run_dir: str) -> dict:
     """Dev metrics of the final model (the last stage's best checkpoint), steps, and the dev curve against
-    wall-clock (from run.log timestamps; a chain's stages one after the other)."""
+    wall-clock (from run.log timestamps; a chain's stages one after the other, pauses between attempts left out)."""
     dirs = stage_dirs(run_dir)
     if not dirs:
         raise FileNotFoundError(f"{run_dir}: no metrics.jsonl (the run did not start)")
@@ -129,12 +134,12 @@ def results(run_dir: str) -> dict:
         devs = [r for r in recs if "dev" in r]
         final = finals[-1]["dev"] if finals else (devs[-1]["dev"] if devs else None)
         steps.append(max((r.get("step", 0) for r in recs), default=0))
-        first, last, times = _log_times(os.path.join(d, "run.log"))
+        ran, times = _log_times(os.path.join(d, "run.log"))
         for r in devs:
-            if r["step"] in times and first is not None:
+            if r["step"] in times:
                 m = mean3({t: v["main"] for t, v in r["dev"].items()})
-                curve.append([round(offset + times[r["step"]] - first, 1), sum(steps[:-1]) + r["step"], m])
-        offset += (last - first) if first is not None else 0.0
+                curve.append([round(offset + times[r["step"]], 1), sum(steps[:-1]) + r["step"], m])
+        offset += ran
     if final is None:
         raise FileNotFoundError(f"{run_dir}: no dev evaluation recorded")
     dev = {t: m["main"] for t, m in final.items()}

@@ -6,6 +6,7 @@ continues it from its last checkpoint (the driver's --resume), else it is an err
 from __future__ import annotations
 
 import datetime
+import fcntl
 import os
 import resource
 import signal
@@ -54,13 +55,15 @@ def _cpu_children() -> float:
 
 
 class _Forward:
-    """While a driver runs: SIGINT / SIGTERM to this process are passed to it as one SIGTERM (the driver then
-    finishes its step, saves and exits; a terminal's Ctrl-C reaches it directly too, and a second SIGTERM is
-    ignored there), and this process waits for it instead of dying first, so the attempt is still recorded.
-    `received` holds the signal; the caller stops after recording."""
+    """While a driver runs: the first SIGINT / SIGTERM to this process reaches the driver as one SIGTERM (it
+    finishes its step, saves and exits; a terminal's Ctrl-C reaches it directly too, and a SIGTERM after that
+    is ignored there), and this process waits for it instead of dying first, so the attempt is still recorded;
+    a second signal sends SIGINT, the driver's own second Ctrl-C (stop without saving). `received` holds the
+    first signal; the caller stops after recording. Installed before the driver starts: a signal in between
+    is passed on as soon as it has."""
 
-    def __init__(self, proc: subprocess.Popen):
-        self.proc, self.received, self._previous = proc, None, {}
+    def __init__(self):
+        self.proc, self.received, self._previous, self._count = None, None, {}, 0
 
     def __enter__(self):
         for s in (signal.SIGINT, signal.SIGTERM):
@@ -71,10 +74,27 @@ class _Forward:
         for s, h in self._previous.items():
             signal.signal(s, h)
 
+    def started(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        for i in range(self._count):
+            self._send(i)
+
     def _handle(self, signum, frame):
-        if self.received is None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        self.received = signum
+        self.received = self.received or signum
+        self._count += 1
+        if self.proc is not None:
+            self._send(self._count - 1)
+
+    def _send(self, i: int) -> None:
+        if self.proc.poll() is None and i < 2:
+            self.proc.send_signal(signal.SIGTERM if i == 0 else signal.SIGINT)
+
+
+def _stopped(returncode: int, signum: int) -> str:
+    """What became of a run stopped by a signal, from its exit status (130: the driver saved and stopped)."""
+    how = {0: "the run had finished (run again to record it)", 130: "the run saved and stopped; --resume continues it"}
+    return f"signal {signum}: " + how.get(returncode, f"the driver exited with {returncode}; --resume continues "
+                                                      "from its last checkpoint")
 
 
 def launch(argv: list[str], root: str, rdir: str) -> dict:
@@ -85,16 +105,20 @@ def launch(argv: list[str], root: str, rdir: str) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)}
     attempt = {"command": display(argv), "started": datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds"), "git": records.git_state(REPO), "returncode": None, "wall_s": None, "cpu_s": None}
-    records.add_attempt(os.path.join(root, rdir), attempt)
-    wall0, cpu0 = time.time(), _cpu_children()
-    with open(os.path.join(root, rdir, "driver.log"), "a", encoding="utf-8") as log:
-        proc = subprocess.Popen(argv, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
-        with _Forward(proc) as forward:
-            attempt["returncode"] = proc.wait()
-    attempt["wall_s"], attempt["cpu_s"] = round(time.time() - wall0, 1), round(_cpu_children() - cpu0, 1)
-    records.set_last_attempt(os.path.join(root, rdir), attempt)
+    with _Forward() as forward, open(os.path.join(root, rdir, "driver.log"), "a", encoding="utf-8") as log:
+        records.add_attempt(os.path.join(root, rdir), attempt)
+        wall0, cpu0 = time.time(), _cpu_children()
+        try:
+            proc = subprocess.Popen(argv, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+        except OSError:
+            records.set_last_attempt(os.path.join(root, rdir), None)  # nothing ran
+            raise
+        forward.started(proc)
+        attempt["returncode"] = proc.wait()
+        attempt["wall_s"], attempt["cpu_s"] = round(time.time() - wall0, 1), round(_cpu_children() - cpu0, 1)
+        records.set_last_attempt(os.path.join(root, rdir), attempt)
     if forward.received is not None:
-        raise KeyboardInterrupt(f"signal {forward.received}: the run saved and stopped; --resume continues it")
+        raise KeyboardInterrupt(_stopped(attempt["returncode"], forward.received))
     return attempt
 
 
@@ -116,13 +140,30 @@ def make_record(spec: Spec, row: Row, seed: int, root: str, rdir: str, threads: 
 
 
 def run_one(spec: Spec, row: Row, seed: int, root: str, threads: int, resume: bool, dry_run: bool) -> str:
-    """'skipped' | 'dry-run' | 'done' | 'failed' for one row and seed."""
+    """'skipped' | 'busy' | 'dry-run' | 'done' | 'failed' for one row and seed."""
     rec_path = records.record_path(root, spec.name, row.name, seed)
     label = f"{spec.name}/{row.name} seed {seed}"
     if os.path.exists(rec_path):
         print(f"{label}: recorded in {os.path.relpath(rec_path, root)}, skipping")
         return "skipped"
     rdir = run_dir(spec.name, row.name, seed)
+    if dry_run:
+        return _run_one(spec, row, seed, root, threads, resume, dry_run, rec_path, label, rdir)
+    os.makedirs(os.path.join(root, rdir), exist_ok=True)
+    with open(os.path.join(root, rdir, "experiment.lock"), "w") as lock:  # one runner per run (tables share rows)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{label}: running in another process, skipping")
+            return "busy"
+        return _run_one(spec, row, seed, root, threads, resume, dry_run, rec_path, label, rdir)
+
+
+def _run_one(spec: Spec, row: Row, seed: int, root: str, threads: int, resume: bool, dry_run: bool, rec_path: str,
+             label: str, rdir: str) -> str:
+    if os.path.exists(rec_path):  # recorded by the runner that held the lock before
+        print(f"{label}: recorded in {os.path.relpath(rec_path, root)}, skipping")
+        return "skipped"
     attempts = records.read_attempts(os.path.join(root, rdir))
     if attempts and attempts[-1].get("returncode") == 0 and not dry_run:  # finished, its record not written
         return _record(spec, row, seed, root, rdir, threads, rec_path)
@@ -161,7 +202,7 @@ def run_table(spec: Spec, root: str, seeds: int | None = None, rows: list[str] |
     counts: dict[str, int] = {}
     for row in chosen:
         table, run_row = specs.target(spec, row)  # a same_as row runs (and is recorded) as the row it names
-        for seed in range(seeds or spec.seeds):
+        for seed in range(seeds or table.seeds):
             outcome = run_one(table, run_row, seed, root, threads, resume, dry_run)
             counts[outcome] = counts.get(outcome, 0) + 1
     return counts
