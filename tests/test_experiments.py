@@ -220,3 +220,20 @@ def test_signal_saves_and_records(table, tmp_path, group):
     assert len(attempts) == 1 and attempts[0]["returncode"] not in (None, 0) and attempts[0]["wall_s"] > 0
     assert "interrupted at step" in (metrics.parent / "run.log").read_text()
     assert (metrics.parent / "last").exists() and not os.path.exists(records.record_path(str(root), "long", "additive", 0))
+
+
+def test_versus_baseline(tmp_path):
+    """Rows against the baseline: within the spread a tie (a one-seed row takes the baseline's spread), else
+    the difference; two one-seed rows are compared without a spread."""
+    from fastbert.experiments import render
+
+    stats = {"base": {"mean": (0.70, 0.004)}, "up": {"mean": (0.71, 0.0)}, "same": {"mean": (0.703, 0.0)},
+             "none": {"mean": None}}
+    n = {"base": 3, "up": 1, "same": 1, "none": 0}
+    assert [render._versus(stats, "base", k, n) for k in stats] == ["baseline", "+0.010", "tie", "—"]
+    assert render._versus(stats, "up", "up", n) == "best"
+    assert render._versus(stats, "up", "same", n) == "-0.007 (1 seed)"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"baseline": "nope", "rows": [{"name": "a", "stage": "single"}]}))
+    with pytest.raises(specs.SpecError, match="baseline 'nope' is not a row"):
+        specs.load(str(path))

@@ -17,7 +17,8 @@ is a 14,139-pair subset (10%) of the CS224N training file; Quora dev is the 16,2
 stands in for them, SNLI test is their dev set. Report figures are quoted from the reports (their dev sets);
 fastbert's are the dev metrics of each run's final model (the best checkpoint of its last stage, chosen by
 the dev mean of the tasks that stage trains). A run's spread is the standard deviation over seeds; a
-difference smaller than the spread is reported as a tie; with one seed there is no spread to judge by.
+difference smaller than the spread is reported as a tie (a one-seed row is judged by the other row's spread;
+two one-seed rows have none to judge by).
 Wall time is on the machine each record names; on the shared 2-core machine (several processes per core)
 it is several times an unloaded run's, while CPU seconds (the driver's user + system time, one thread) are
 close to an unloaded single-thread run's wall time. Every run trains with precision auto: bf16 weights (fp32
@@ -51,16 +52,24 @@ def row_stats(recs: list[dict]) -> dict:
     return out
 
 
-def _versus(stats: dict, best: str | None, name: str, n: dict) -> str:
-    """This row's dev mean against the table's best: 'best', 'tie' (within the spread), or the difference."""
-    if best is None or not stats[name]["mean"]:
+def _versus(stats: dict, ref: str | None, name: str, n: dict) -> str:
+    """This row's dev mean against the reference row's (the baseline, else the table's best): 'best' /
+    'baseline' for that row, 'tie' when the difference is within the spread (the larger std of the two rows;
+    a one-seed row takes the other's), else the difference, marked '(1 seed)' when neither has a spread."""
+    if ref is None or not stats[name]["mean"] or not stats[ref]["mean"]:
         return "—"
-    if name == best:
-        return "best"
-    (m, s), (bm, bs) = stats[name]["mean"], stats[best]["mean"]
-    if n[name] > 1 and n[best] > 1:
-        return "tie" if abs(m - bm) < max(s, bs) else f"{m - bm:+.3f}"
-    return f"{m - bm:+.3f} (1 seed)"
+    if name == ref:
+        return "best" if ref == _best(stats) else "baseline"
+    (m, s), (bm, bs) = stats[name]["mean"], stats[ref]["mean"]
+    spread = max(s if n[name] > 1 else 0.0, bs if n[ref] > 1 else 0.0)
+    if n[name] == 1 and n[ref] == 1:
+        return f"{m - bm:+.3f} (1 seed)"
+    return "tie" if abs(m - bm) < spread else f"{m - bm:+.3f}"
+
+
+def _best(stats: dict) -> str | None:
+    ranked = [k for k, v in stats.items() if v["mean"]]
+    return max(ranked, key=lambda k: stats[k]["mean"][0]) if ranked else None
 
 
 def _report_mean(report: dict) -> float | None:
@@ -91,14 +100,13 @@ def table_section(spec: Spec, recs: dict[str, list[dict]], root: str) -> list[st
     """A table's Markdown: heading, source, note, the rows, its figure, the exact commands."""
     stats = {r.name: row_stats(recs[r.name]) if r.name in recs else {"mean": None} for r in spec.rows}
     n = {r.name: len(recs.get(r.name, [])) for r in spec.rows}
-    ranked = [r.name for r in spec.rows if stats[r.name]["mean"]]
-    best = max(ranked, key=lambda k: stats[k]["mean"][0]) if ranked else None
+    ref = spec.baseline or _best(stats)
     lines = [f"## {spec.title}", "", f"`python -m fastbert.experiments run {spec.name}` · figures quoted from "
              f"{spec.source or 'no report'}.", ""]
     if spec.note:
         lines += [spec.note.strip(), ""]
     lines += ["| row | SST report | SST fastbert | Quora report | Quora fastbert | STS report | STS fastbert | "
-              "mean report | mean fastbert | vs best | seeds | steps | wall s | CPU s | machine |",
+              f"mean report | mean fastbert | vs {spec.baseline or 'best'} | seeds | steps | wall s | CPU s | machine |",
               "|---|" + "---|" * 14]
     for r in spec.rows:
         rep = [_fmt(r.report.get(t)) for t in TASKS] + [_fmt(_report_mean(r.report))]
@@ -110,7 +118,7 @@ def table_section(spec: Spec, recs: dict[str, list[dict]], root: str) -> list[st
             st = stats[r.name]
             ours = [_cell(st[t], n[r.name]) for t in (*TASKS, "mean")]
             at_least = "" if all(x.get("times_complete", True) for x in recs[r.name]) else "≥ "
-            rest = [_versus(stats, best, r.name, n), str(n[r.name]), f"{st['steps']:.0f}",
+            rest = [_versus(stats, ref, r.name, n), str(n[r.name]), f"{st['steps']:.0f}",
                     f"{at_least}{st['wall_s']:.0f}", f"{at_least}{st['cpu_s']:.0f}", _machines(recs[r.name])]
             flag = _flags(recs[r.name])
         cells = [x for pair in zip(rep, ours) for x in pair]

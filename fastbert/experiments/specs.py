@@ -5,6 +5,7 @@ A spec:
     source: report 1 ("BERT Goes to College"), Table 4, dev      # where the quoted figures come from
     note: how the setting differs from the report's (budget, data)
     seeds: 1                                                      # default number of seeds for `run`
+    baseline: default                                             # optional: compare rows with this one
     common: {skip_bad_rows: true}                                 # settings for every row
     rows:
       - name: additive
@@ -28,7 +29,7 @@ import yaml
 SPECS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs")
 TASKS = ("sst", "quora", "sts")  # the dev metrics of a table: SST accuracy, Quora accuracy, STS Pearson
 ROW_KEYS = {"name", "stage", "config", "recipe", "overrides", "report", "note", "same_as"}
-SPEC_KEYS = {"title", "source", "note", "seeds", "common", "rows", "curves"}
+SPEC_KEYS = {"title", "source", "note", "seeds", "common", "rows", "curves", "baseline"}
 
 
 class SpecError(ValueError):
@@ -58,6 +59,7 @@ class Spec:
     common: dict = field(default_factory=dict)
     rows: list[Row] = field(default_factory=list)
     curves: bool = False  # plot dev mean against wall-clock for this table's runs
+    baseline: str | None = None  # a row the others are compared with ("vs <row>"), else the table's best
 
     def row(self, name: str) -> Row:
         for r in self.rows:
@@ -98,12 +100,14 @@ def load(name_or_path: str) -> Spec:
         raise SpecError(f"{path}: unknown keys {sorted(unknown)} (allowed: {sorted(SPEC_KEYS)})")
     spec = Spec(name=_table_name(path), path=path, title=raw.get("title", _table_name(path)),
                 source=raw.get("source", ""), note=raw.get("note", ""), seeds=int(raw.get("seeds", 1)),
-                common=raw.get("common") or {}, curves=bool(raw.get("curves", False)))
+                common=raw.get("common") or {}, curves=bool(raw.get("curves", False)), baseline=raw.get("baseline"))
     for i, r in enumerate(raw["rows"]):
         spec.rows.append(_row(path, i, r))
     seen = [r.name for r in spec.rows]
     if len(set(seen)) != len(seen):
         raise SpecError(f"{path}: row names repeat: {seen}")
+    if spec.baseline is not None and spec.baseline not in seen:
+        raise SpecError(f"{path}: baseline {spec.baseline!r} is not a row (rows: {', '.join(seen)})")
     return spec
 
 
