@@ -237,3 +237,23 @@ def test_versus_baseline(tmp_path):
     path.write_text(yaml.safe_dump({"baseline": "nope", "rows": [{"name": "a", "stage": "single"}]}))
     with pytest.raises(specs.SpecError, match="baseline 'nope' is not a row"):
         specs.load(str(path))
+
+
+def test_at_a_glance():
+    """The highest figure per metric over every table and the row that reached it; dev-subset rows left out."""
+    from fastbert.experiments import render
+
+    def rec(stage, dev, eval_limit=None, seed=0):
+        return {"stage": stage, "dev": dev, "dev_mean": records.mean3(dev), "eval_limit": eval_limit, "seed": seed,
+                "wall_s": 1.0, "cpu_s": 1.0, "steps": 1}
+
+    found = {"t1": {"quora": [rec("single", {"sst": 0.2, "quora": 0.85, "sts": 0.8})],
+                    "subset": [rec("multitask", {"sst": 0.9, "quora": 0.9, "sts": 0.9}, eval_limit={"quora": 5})]},
+             "t2": {"multi": [rec("multitask", {"sst": 0.5, "quora": 0.84, "sts": 0.88}),
+                              rec("multitask", {"sst": 0.46, "quora": 0.84, "sts": 0.88}, seed=1)],
+                    "sts": [rec("single", {"sts": 0.87})]}}
+    lines = render.at_a_glance(found)
+    assert "| dev mean of the three, one model | 0.733 ± 0.009 | t2/multi | multitask | 2 |" in lines
+    assert "| SST accuracy | 0.480 ± 0.028 | t2/multi | multitask | 2 |" in lines
+    assert "| Quora accuracy | 0.850 | t1/quora | single | 1 |" in lines
+    assert not any("subset" in x for x in lines) and render.at_a_glance({}) == []

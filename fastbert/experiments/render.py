@@ -142,6 +142,32 @@ def table_section(spec: Spec, recs: dict[str, list[dict]], root: str) -> list[st
     return lines + ["", "</details>", ""]
 
 
+GLANCE = {"mean": "dev mean of the three, one model", "sst": "SST accuracy", "quora": "Quora accuracy",
+          "sts": "STS Pearson r"}
+
+
+def at_a_glance(found: dict[str, dict[str, list[dict]]]) -> list[str]:
+    """The highest figure recorded for each metric, on full dev sets (rows run on a dev subset left out), and
+    the row that reached it; the mean counts only rows whose one model was evaluated on all three tasks."""
+    rows = {(t, row): row_stats(recs) for t, rows_ in found.items() for row, recs in rows_.items()
+            if not any(x.get("eval_limit") for x in recs)}
+    if not rows:
+        return []
+    lines = ["## At a glance", "", "The highest dev figure recorded so far for each metric, over every table, on full dev "
+             "sets (rows evaluated on a dev subset left out), mean over seeds; the row that reached it and how "
+             "(`single`: one task trained, the others evaluated with untrained heads).", "",
+             "| metric | fastbert | row | stage | seeds |", "|---|---|---|---|---|"]
+    for m, label in GLANCE.items():
+        have = [k for k, st in rows.items() if st[m]]
+        if not have:
+            continue
+        t, row = max(have, key=lambda k: rows[k][m][0])
+        recs = found[t][row]
+        lines.append(f"| {label} | {_cell(rows[(t, row)][m], len(recs))} | {t}/{row} | {recs[0]['stage']} | "
+                     f"{len(recs)} |")
+    return lines + [""]
+
+
 def render(specs: list[Spec], root: str) -> str:
     """Writes <root>/RESULTS.md and <root>/results/*.png; returns the Markdown."""
     found = records.load_all(root)
@@ -159,6 +185,7 @@ def render(specs: list[Spec], root: str) -> str:
         lines += ["**⚠ WARNING: these records come from a working tree with uncommitted changes (the code that ran "
                   "is not the commit named): " + ", ".join(dirty) + ".**", ""]
     lines += ["**Not run yet** (no record): " + (", ".join(missing) if missing else "none") + ".", ""]
+    lines += at_a_glance(found)
     for spec in specs:
         recs = {r.name: found[t.name][tr.name] for r in spec.rows for t, tr in [target(spec, r)]
                 if tr.name in found.get(t.name, {})}
