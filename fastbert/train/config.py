@@ -50,6 +50,8 @@ DEFAULTS = {
     "task": None,  # `single`: the one task (sets tasks: [task])
     "tasks": [],
     "eval_tasks": None,  # tasks evaluated on dev (None: tasks); heads not trained here come from init
+    "select_tasks": None,  # tasks whose dev mean picks the best checkpoint (None: the trained tasks; an
+    #                        auxiliary task trained beside them need not count)
     "routine": "additive",  # sequential | additive | parallel | weighted | stochastic | pcgrad
     "standardize": False,  # weighted/stochastic: loss improvements relative to the task's running loss
     "freeze_encoder": False,  # true, or [first_step, end_step): the encoder gets no gradient (per task too)
@@ -200,6 +202,8 @@ RULES: dict[str, Rule] = {
     "task": _text("no single task"),
     "tasks": Rule("a list of task names (or a comma-separated string)", _names),
     "eval_tasks": Rule("a list of task names, or null (the trained tasks)", lambda v: v is None or _names(v)),
+    "select_tasks": Rule("a list of evaluated task names, or null (the trained tasks)",
+                         lambda v: v is None or _names(v)),
     "routine": _one_of(ROUTINES),
     "standardize": _BOOL,
     "freeze_encoder": Rule("true, false, or [first_step >= 0, end_step or null]", _freeze),
@@ -371,8 +375,9 @@ def resolve(stage: str, recipe: dict | None = None, overrides: dict | None = Non
         cfg["tasks"] = [cfg["task"]]
     if isinstance(cfg["tasks"], str):
         cfg["tasks"] = [t for t in cfg["tasks"].split(",") if t]
-    if isinstance(cfg.get("eval_tasks"), str):
-        cfg["eval_tasks"] = [t for t in cfg["eval_tasks"].split(",") if t]
+    for key in ("eval_tasks", "select_tasks"):
+        if isinstance(cfg.get(key), str):
+            cfg[key] = [t for t in cfg[key].split(",") if t]
     check(cfg)
     return cfg
 
@@ -398,6 +403,10 @@ def check(cfg: dict) -> None:
                 raise ConfigError(f"setting {key}: unknown task {name!r}; allowed: {', '.join(tasks_mod.TASKS)}, "
                                   f"or a task defined by a section with a `kind` ({name}: {{kind: classify, ...}})")
     check_tasks(cfg, [*cfg["tasks"], *(cfg.get("eval_tasks") or [])])
+    outside = [t for t in cfg.get("select_tasks") or [] if t not in names]
+    if outside and cfg["tasks"]:  # (a chain's links are checked as they run)
+        raise ConfigError(f"setting select_tasks: {outside} not evaluated in this stage; allowed: the tasks and "
+                          f"eval_tasks ({', '.join(sorted(names))})")
     if cfg["stage"] not in ("evaluate", "predict", "chain") and not cfg["tasks"]:
         raise ConfigError(f"stage {cfg['stage']!r} needs tasks (--tasks sst,quora,sts)")
     if cfg["stage"] == "single" and len(cfg["tasks"]) != 1:

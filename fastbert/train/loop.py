@@ -449,12 +449,12 @@ class Trainer:
         self.logged = (now, tokens)
 
     def evaluate(self) -> None:
-        """Dev metrics, recorded; a checkpoint, linked as best when the score (mean of the trained tasks' main
-        metrics) improved."""
+        """Dev metrics, recorded; a checkpoint, linked as best when the score (mean of the main metrics of
+        select_tasks, else of the trained tasks) improved."""
         step = self.state.step
         dev, _ = evaluate(self.model, self.dev_loaders, self.device, self.dtype, self.cfg["progress"] and self.is_main)
-        trained = [t for t in self.tasks if t in dev]  # no dev data for any trained task: the newest is best
-        score = float(np.mean([dev[t]["main"] for t in trained])) if trained else float(step)
+        chosen = [t for t in self.cfg.get("select_tasks") or self.tasks if t in dev]  # none with dev data: newest
+        score = float(np.mean([dev[t]["main"] for t in chosen])) if chosen else float(step)
         self._record({"step": step, "dev": dev, "score": score})
         self._log(f"step {step}: dev " + ", ".join(f"{t} {m['main']:.4f}" for t, m in dev.items()))
         best = self.state.best["score"] if self.state.best else math.nan  # (a NaN score is beaten by any other)

@@ -35,6 +35,7 @@ def test_resolve_layers_defaults_recipe_overrides():
     ("multitask", {"stage": "nli"}, {}, "the recipe is for stage 'nli'"),
     ("multitask", {}, {"sst": 3}, "task settings 'sst' must be a mapping"),
     ("nli", {"tasks": []}, {}, "needs tasks"),
+    ("multitask", None, {"select_tasks": ["snli"]}, r"select_tasks: \['snli'\] not evaluated in this stage"),
 ])
 def test_bad_settings(stage, recipe, overrides, message):
     with pytest.raises(config.ConfigError, match=message):

@@ -223,3 +223,11 @@ def test_fp16_loss_scaling_skips_overflowing_steps(tiny, monkeypatch):
     recs = [r for r in records(result["run_dir"]) if "loss" in r]
     assert [r["skipped_steps"] for r in recs] == [0, 0, 1, 1, 1, 1]
     assert recs[2]["loss_scale"] == recs[1]["loss_scale"] / 2
+
+
+def test_select_tasks_picks_the_best_checkpoint_by_their_dev_mean(tiny):
+    """Two tasks trained, the best checkpoint chosen by one of them (an auxiliary task's metric does not count)."""
+    result = run_stage("multitask", **{**tiny, "eval_every": 2}, tasks=["sst", "sts"], select_tasks="sts", max_steps=6)
+    evals = [r for r in records(result["run_dir"]) if "score" in r]
+    assert len(evals) == 3 and all(r["score"] == r["dev"]["sts"]["main"] for r in evals)
+    assert result["best"]["score"] == max(r["dev"]["sts"]["main"] for r in evals)
