@@ -16,7 +16,7 @@ is a 14,139-pair subset (10%) of the CS224N training file; Quora dev is the 16,2
 (~80% of the CS224N dev file). SNLI train and MultiNLI are not available: SNLI validation (+ SICK train)
 stands in for them, SNLI test is their dev set. Report figures are quoted from the reports (their dev sets);
 fastbert's are the dev metrics of each run's final model (the best checkpoint of its last stage, chosen by
-the dev mean of the tasks that stage trains). A run's spread is the standard deviation over seeds; a
+the dev mean of the tasks that stage trains, or of its `select_tasks`). A run's spread is the standard deviation over seeds; a
 difference smaller than the spread is reported as a tie (a one-seed row is judged by the other row's spread;
 two one-seed rows have none to judge by).
 Wall time is on the machine each record names; on the shared 2-core machine (several processes per core)
