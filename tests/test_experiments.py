@@ -245,15 +245,17 @@ def test_at_a_glance():
 
     def rec(stage, dev, eval_limit=None, seed=0):
         return {"stage": stage, "dev": dev, "dev_mean": records.mean3(dev), "eval_limit": eval_limit, "seed": seed,
-                "wall_s": 1.0, "cpu_s": 1.0, "steps": 1}
+                "wall_s": 1.0, "cpu_s": 1.0, "steps": 1, "dirty": False}
 
     found = {"t1": {"quora": [rec("single", {"sst": 0.2, "quora": 0.85, "sts": 0.8})],
                     "subset": [rec("multitask", {"sst": 0.9, "quora": 0.9, "sts": 0.9}, eval_limit={"quora": 5})]},
              "t2": {"multi": [rec("multitask", {"sst": 0.5, "quora": 0.84, "sts": 0.88}),
                               rec("multitask", {"sst": 0.46, "quora": 0.84, "sts": 0.88}, seed=1)],
                     "sts": [rec("single", {"sts": 0.87})]}}
-    lines = render.at_a_glance(found)
+    runs = [("t1", "quora"), ("t1", "subset"), ("t2", "multi"), ("t2", "sts"), ("t2", "not-run")]
+    lines = render.at_a_glance(found, runs)
     assert "| dev mean of the three, one model | 0.733 ± 0.009 | t2/multi | multitask | 2 |" in lines
     assert "| SST accuracy | 0.480 ± 0.028 | t2/multi | multitask | 2 |" in lines
     assert "| Quora accuracy | 0.850 | t1/quora | single | 1 |" in lines
-    assert not any("t1/subset" in x for x in lines) and render.at_a_glance({}) == []
+    assert not any("t1/subset" in x for x in lines) and render.at_a_glance({}, []) == []
+    assert not any("t2/multi" in x for x in render.at_a_glance(found, [("t1", "quora")]))  # only the rows asked

@@ -100,13 +100,14 @@ def table_section(spec: Spec, recs: dict[str, list[dict]], root: str) -> list[st
     """A table's Markdown: heading, source, note, the rows, its figure, the exact commands."""
     stats = {r.name: row_stats(recs[r.name]) if r.name in recs else {"mean": None} for r in spec.rows}
     n = {r.name: len(recs.get(r.name, [])) for r in spec.rows}
-    ref = spec.baseline or _best(stats)
+    baseline = spec.baseline if spec.baseline and stats[spec.baseline]["mean"] else None  # not run: vs best
+    ref = baseline or _best(stats)
     lines = [f"## {spec.title}", "", f"`python -m fastbert.experiments run {spec.name}` · figures quoted from "
              f"{spec.source or 'no report'}.", ""]
     if spec.note:
         lines += [spec.note.strip(), ""]
     lines += ["| row | SST report | SST fastbert | Quora report | Quora fastbert | STS report | STS fastbert | "
-              f"mean report | mean fastbert | vs {spec.baseline or 'best'} | seeds | steps | wall s | CPU s | machine |",
+              f"mean report | mean fastbert | vs {baseline or 'best'} | seeds | steps | wall s | CPU s | machine |",
               "|---|" + "---|" * 14]
     for r in spec.rows:
         rep = [_fmt(r.report.get(t)) for t in TASKS] + [_fmt(_report_mean(r.report))]
@@ -146,11 +147,12 @@ GLANCE = {"mean": "dev mean of the three, one model", "sst": "SST accuracy", "qu
           "sts": "STS Pearson r"}
 
 
-def at_a_glance(found: dict[str, dict[str, list[dict]]]) -> list[str]:
-    """The highest figure recorded for each metric, on full dev sets (rows run on a dev subset left out), and
-    the row that reached it; the mean counts only rows whose one model was evaluated on all three tasks."""
-    rows = {(t, row): row_stats(recs) for t, rows_ in found.items() for row, recs in rows_.items()
-            if not any(x.get("eval_limit") for x in recs)}
+def at_a_glance(found: dict[str, dict[str, list[dict]]], runs) -> list[str]:
+    """The highest figure recorded for each metric among `runs` ((table, row) pairs), on full dev sets (rows
+    run on a dev subset left out), and the row that reached it; the mean counts only rows whose one model was
+    evaluated on all three tasks."""
+    rows = {(t, row): row_stats(found[t][row]) for t, row in runs if row in found.get(t, {})
+            and not any(x.get("eval_limit") for x in found[t][row])}
     if not rows:
         return []
     lines = ["## At a glance", "", "The highest dev figure recorded so far for each metric, over every table, on full dev "
@@ -163,8 +165,8 @@ def at_a_glance(found: dict[str, dict[str, list[dict]]]) -> list[str]:
             continue
         t, row = max(have, key=lambda k: rows[k][m][0])
         recs = found[t][row]
-        lines.append(f"| {label} | {_cell(rows[(t, row)][m], len(recs))} | {t}/{row} | {recs[0]['stage']} | "
-                     f"{len(recs)} |")
+        lines.append(f"| {label} | {_cell(rows[(t, row)][m], len(recs))} | {t}/{row}{_flags(recs)} | "
+                     f"{recs[0]['stage']} | {len(recs)} |")
     return lines + [""]
 
 
@@ -185,7 +187,7 @@ def render(specs: list[Spec], root: str) -> str:
         lines += ["**⚠ WARNING: these records come from a working tree with uncommitted changes (the code that ran "
                   "is not the commit named): " + ", ".join(dirty) + ".**", ""]
     lines += ["**Not run yet** (no record): " + (", ".join(missing) if missing else "none") + ".", ""]
-    lines += at_a_glance(found)
+    lines += at_a_glance(found, runs)
     for spec in specs:
         recs = {r.name: found[t.name][tr.name] for r in spec.rows for t, tr in [target(spec, r)]
                 if tr.name in found.get(t.name, {})}

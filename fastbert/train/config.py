@@ -397,7 +397,7 @@ def check(cfg: dict) -> None:
                     check_value(f"{key}.{k}", v, RULES.get(k) or TASK_RULES[k])
             continue
         raise ConfigError(f"unknown setting {key!r} (not a setting nor a task; see fastbert/train/config.py)")
-    for key in ("task", "tasks", "eval_tasks"):
+    for key in ("task", "tasks", "eval_tasks", "select_tasks"):
         for name in [cfg[key]] if isinstance(cfg[key], str) else cfg[key] or []:
             if name not in tasks_mod.TASKS and "kind" not in (cfg.get(name) or {}):
                 raise ConfigError(f"setting {key}: unknown task {name!r}; allowed: {', '.join(tasks_mod.TASKS)}, "

@@ -107,10 +107,12 @@ def check_lengths(cfg: dict, names: list[str], source: str | None) -> None:
 
 def check_resumable(cfg: dict, resume: str) -> None:
     """The settings a checkpoint's trainer state is made of (data positions per task in the batch order
-    `batching` makes, the routine's state) are the run's: a resume cannot change them."""
+    `batching` makes, the routine's state, the best score so far) are the run's: a resume cannot change them."""
     saved = checkpoint.saved_config(resume) or {}
-    for key in ("tasks", "routine", "batching"):
-        if key in saved and saved[key] != cfg[key]:
+    if saved:  # select_tasks made the saved best's score (a checkpoint from before the setting: None)
+        saved = {"select_tasks": None, **saved}
+    for key in ("tasks", "routine", "batching", "select_tasks"):
+        if key in saved and saved[key] != cfg.get(key):
             raise config.ConfigError(f"setting {key}: {cfg[key]!r} is not the resumed run's {saved[key]!r} "
                                      f"({resume}); resume with it, or start a new run from it with --init {resume}")
 
@@ -341,9 +343,14 @@ def train(cfg: dict) -> dict:
     for line in smart_notes(cfg, model, loop.precision(cfg, device)):
         run.log(line)
     loaders, evals = load_data(cfg, model, run, cfg["tasks"], names)
+    no_dev = [t for t in cfg.get("select_tasks") or [] if t not in evals["dev"]]
+    if no_dev:
+        raise config.ConfigError(f"setting select_tasks: {no_dev} have no dev data to choose the best checkpoint "
+                                 f"by (evaluated: {', '.join(evals['dev'])})")
     state = loop.train(cfg, run, model, loaders, evals["dev"], resume)
     best = state["best"]
     note = (f"best checkpoint: step {best['step']} of {state['step']}"
+            + (f", chosen on the dev mean of {', '.join(cfg['select_tasks'])}" if cfg.get("select_tasks") else "")
             + (f"; dev limited to {cfg['eval_limit']} examples per task" if cfg["eval_limit"] else "")
             + "".join(f"; {t}: same when cos(u, v) > {m['threshold']:.4f} ({model.tasks[t].threshold_origin})"
                       for t, m in best["dev"].items() if "threshold" in m))

@@ -118,4 +118,6 @@ def test_a_resume_that_changes_the_tasks_or_routine_is_refused_with_one_line(tin
         run_stage("multitask", **settings, max_steps=3, routine="pcgrad", resume=True)  # (KeyError: 'rng' before)
     with pytest.raises(config.ConfigError, match=r"setting tasks: \['sts', 'quora'\] is not the resumed run's"):
         run_stage("multitask", **{**settings, "tasks": ["sts", "quora"]}, max_steps=3, resume=True)
+    with pytest.raises(config.ConfigError, match=r"setting select_tasks: \['sts'\] is not the resumed run's None"):
+        run_stage("multitask", **settings, max_steps=3, select_tasks=["sts"], resume=True)  # the best's score
     assert open(os.path.join(run_dir, "config.yaml")).read() == before

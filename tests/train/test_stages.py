@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fastbert.train import run_stage
+from fastbert.train.config import ConfigError
 from fastbert.train.loop import NonFiniteError
 
 RUN_FILES = ["config.yaml", "metrics.jsonl", "run.log", "curves.png", "dev_table.md"]
@@ -231,3 +232,11 @@ def test_select_tasks_picks_the_best_checkpoint_by_their_dev_mean(tiny):
     evals = [r for r in records(result["run_dir"]) if "score" in r]
     assert len(evals) == 3 and all(r["score"] == r["dev"]["sts"]["main"] for r in evals)
     assert result["best"]["score"] == max(r["dev"]["sts"]["main"] for r in evals)
+    assert "chosen on the dev mean of sts" in open(os.path.join(result["run_dir"], "dev_table.md")).read()
+    aux = {"kind": "classify", "num_labels": 5, "train": "cs224n/ids-sst-train.csv", "text": ["sentence"],
+           "label": "sentiment"}  # a task without a dev file
+    with pytest.raises(ConfigError, match=r"select_tasks: \['aux'\] have no dev data"):
+        run_stage("multitask", **{**tiny, "run_dir": tiny["run_dir"] + "2"}, tasks=["sst", "aux"], aux=aux,
+                  select_tasks=["sst", "aux"], max_steps=2)
+    with pytest.raises(ConfigError, match="setting select_tasks: unknown task 'sstt'"):
+        run_stage("evaluate", **tiny, init=result["run_dir"], select_tasks=["sstt"])
