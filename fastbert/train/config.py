@@ -404,7 +404,7 @@ def check(cfg: dict) -> None:
                                   f"or a task defined by a section with a `kind` ({name}: {{kind: classify, ...}})")
     check_tasks(cfg, [*cfg["tasks"], *(cfg.get("eval_tasks") or [])])
     outside = [t for t in cfg.get("select_tasks") or [] if t not in names]
-    if outside and cfg["tasks"]:  # (a chain's links are checked as they run)
+    if outside and cfg["tasks"]:  # (a chain is checked link by link)
         raise ConfigError(f"setting select_tasks: {outside} not evaluated in this stage; allowed: the tasks and "
                           f"eval_tasks ({', '.join(sorted(names))})")
     if cfg["stage"] not in ("evaluate", "predict", "chain") and not cfg["tasks"]:

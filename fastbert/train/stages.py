@@ -482,22 +482,27 @@ def chain(recipe: dict, overrides: dict | None = None) -> dict:
     distributed.init(loop.device_of({"device": merged.get("device", "auto")}))
     root = distributed.broadcast_object(merged.pop("run_dir", None) or default_dir("chain", resume))
     init = merged.pop("init", None)
-    result = None
+    planned = []  # every link's settings, checked before the first link trains
     for i, link in enumerate(links):
         link = copy.deepcopy(link)
         stage = link.pop("stage", None)
         if stage not in config.TRAINING_STAGES:
             raise config.ConfigError(f"chain link {i}: stage must be a training stage, got {stage!r}")
         path = os.path.join(root, f"{i}-{stage}")
-        link_cfg = config.resolve(stage, config.merge(merged, link),
-                                  {**link_overrides, "run_dir": path, "init": link.get("init", init),
-                                   "resume": resume and bool(checkpoint.find_last(path))})
-        if os.path.exists(os.path.join(path, "dev_table.md")):
+        try:
+            planned.append(config.resolve(stage, config.merge(merged, link),
+                                          {**link_overrides, "run_dir": path, "init": link.get("init", init),
+                                           "resume": resume and bool(checkpoint.find_last(path))}))
+        except config.ConfigError as e:
+            raise config.ConfigError(f"chain link {i} ({stage}): {e}") from None
+        init = os.path.realpath(os.path.join(path, "best"))
+    result = None
+    for link_cfg in planned:
+        if os.path.exists(os.path.join(link_cfg["run_dir"], "dev_table.md")):
             if distributed.is_main():
-                print(f"chain: {path} is done, skipping")
+                print(f"chain: {link_cfg['run_dir']} is done, skipping")
         else:
             result = train(link_cfg)
-        init = os.path.realpath(os.path.join(path, "best"))
     if distributed.is_main():
         with open(os.path.join(root, f"{len(links) - 1}-{links[-1]['stage']}", "dev_table.md"),
                   encoding="utf-8") as f:

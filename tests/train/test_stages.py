@@ -207,6 +207,16 @@ def test_chain_carries_the_encoder_and_heads(tiny, tmp_path):
     assert "| sst |" in table and "| quora |" in table
 
 
+def test_chain_checks_every_link_before_the_first_trains(tiny, tmp_path):
+    recipe = {"chain": [{"stage": "single", "task": "sst", "skip_bad_rows": True},
+                        {"stage": "single", "task": "sts", "routine": "sideways"}]}
+    root = tmp_path / "chain"
+    with pytest.raises(ConfigError, match=r"^chain link 1 \(single\): setting routine: 'sideways' is not allowed"):
+        run_stage("chain", recipe, **{k: v for k, v in tiny.items() if k != "run_dir"}, run_dir=str(root),
+                  max_steps=2)
+    assert not (root / "0-single").exists()  # nothing trained, nothing to lose
+
+
 def test_fp16_loss_scaling_skips_overflowing_steps(tiny, monkeypatch):
     # fp16 autocast + GradScaler, exercised on CPU (the run refuses fp16 on CPU; CUDA is where it belongs)
     from fastbert.tasks.classify import Classify
