@@ -259,3 +259,17 @@ def test_at_a_glance():
     assert "| Quora accuracy | 0.850 | t1/quora | single | 1 |" in lines
     assert not any("t1/subset" in x for x in lines) and render.at_a_glance({}, []) == []
     assert not any("t2/multi" in x for x in render.at_a_glance(found, [("t1", "quora")]))  # only the rows asked
+
+
+def test_machine_names_its_vector_extension():
+    """Records name the CPU's widest vector extension (VMs often call their CPU just 'AMD EPYC'), checked
+    against what torch dispatches to, and the table's machine column shows it."""
+    import torch
+
+    from fastbert.experiments import render
+    m = records.machine()
+    assert m["isa"] == {"AVX512": "avx512", "AVX2": "avx2"}.get(torch.backends.cpu.get_cpu_capability())
+    recs = [{"machine": {"cpu": "AMD EPYC", "isa": "avx2"}}, {"machine": {"cpu": "Intel(R) Xeon(R) Platinum 8481C",
+                                                                         "isa": "avx512"}},
+            {"machine": {"cpu": "AMD EPYC"}}, {"machine": {"cpu": "AMD EPYC", "isa": "avx2"}}]
+    assert render._machines(recs) == "EPYC (AVX2), Xeon (AVX512), EPYC"

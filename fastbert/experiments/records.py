@@ -39,15 +39,22 @@ def git_state(repo: str) -> dict:
 
 
 def machine() -> dict:
-    cpu = platform.processor()
+    """Where a run ran. `isa`: the widest x86 vector extension (avx512 / avx2 / None), because virtual machines
+    often name their CPU no more precisely than 'AMD EPYC'; `bf16`: whether it has bf16 matmuls (AMX or
+    AVX512-BF16), which decides precision auto."""
+    cpu, flags = platform.processor(), set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+            info = [line.split(":", 1) for line in f if ":" in line]
+        cpu = next((v.strip() for k, v in info if k.strip() == "model name"), cpu)
+        flags = set(next((v.split() for k, v in info if k.strip() == "flags"), []))
     except OSError:
         pass
     import torch
 
-    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(),
+            "isa": "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else None,
+            "bf16": bool(flags & {"amx_bf16", "avx512_bf16"}), "python": platform.python_version(),
             "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 

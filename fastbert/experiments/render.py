@@ -23,7 +23,8 @@ Wall time is on the machine each record names; on the shared 2-core machine (sev
 it is several times an unloaded run's, while CPU seconds (the driver's user + system time, one thread) are
 close to an unloaded single-thread run's wall time. Every run trains with precision auto: bf16 weights (fp32
 masters) on a CPU with bf16 matmuls (AMX / AVX512-BF16), fp32 on a CPU without (AVX2 only, such as the AMD
-EPYC machines here); the `machine` column names the CPU each row ran on."""
+EPYC machines here); the `machine` column names the CPU each row ran on, and its vector extension where the
+record says (records from before 2026-12-02 do not)."""
 
 
 def _fmt(v, nd=3) -> str:
@@ -78,12 +79,14 @@ def _report_mean(report: dict) -> float | None:
 
 
 def _machines(recs: list[dict]) -> str:
-    """The CPUs (and GPU) the row's records ran on, shortened: 'Intel Xeon ...' -> 'Xeon', 'AMD EPYC' -> 'EPYC'."""
+    """The CPUs (and GPU) the row's records ran on, shortened: 'Intel Xeon ...' -> 'Xeon', 'AMD EPYC' -> 'EPYC',
+    with the vector extension where the record has it: 'EPYC (AVX2)'."""
     names = []
     for r in recs:
         m = r.get("machine") or {}
         name = m.get("cuda") and f"CUDA {m['cuda']}" or (m.get("cpu") or "?")
-        names.append(next((w for w in ("Xeon", "EPYC") if w in name), name))
+        name = next((w for w in ("Xeon", "EPYC") if w in name), name)
+        names.append(f"{name} ({m['isa'].upper()})" if m.get("isa") and not m.get("cuda") else name)
     return ", ".join(dict.fromkeys(names))
 
 
