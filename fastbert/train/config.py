@@ -407,6 +407,11 @@ def check(cfg: dict) -> None:
     if outside and cfg["tasks"]:  # (a chain is checked link by link)
         raise ConfigError(f"setting select_tasks: {outside} not evaluated in this stage; allowed: the tasks and "
                           f"eval_tasks ({', '.join(sorted(names))})")
+    for name in cfg.get("select_tasks") or []:
+        s = task_settings(cfg, name) if name in names else None
+        if s and (s["holdout"] == 0 if s["kind"] == "mlm" else not s.get("dev")):
+            raise ConfigError(f"setting select_tasks: {name!r} has no dev data to choose the best checkpoint by "
+                              f"({f'{name}.holdout is 0' if s['kind'] == 'mlm' else f'{name}.dev is not set'})")
     if cfg["stage"] not in ("evaluate", "predict", "chain") and not cfg["tasks"]:
         raise ConfigError(f"stage {cfg['stage']!r} needs tasks (--tasks sst,quora,sts)")
     if cfg["stage"] == "single" and len(cfg["tasks"]) != 1:

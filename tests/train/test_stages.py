@@ -245,8 +245,12 @@ def test_select_tasks_picks_the_best_checkpoint_by_their_dev_mean(tiny):
     assert "chosen on the dev mean of sts" in open(os.path.join(result["run_dir"], "dev_table.md")).read()
     aux = {"kind": "classify", "num_labels": 5, "train": "cs224n/ids-sst-train.csv", "text": ["sentence"],
            "label": "sentiment"}  # a task without a dev file
-    with pytest.raises(ConfigError, match=r"select_tasks: \['aux'\] have no dev data"):
+    with pytest.raises(ConfigError, match=r"select_tasks: 'aux' has no dev data .*\(aux.dev is not set\)$"):
         run_stage("multitask", **{**tiny, "run_dir": tiny["run_dir"] + "2"}, tasks=["sst", "aux"], aux=aux,
                   select_tasks=["sst", "aux"], max_steps=2)
+    assert not os.path.exists(tiny["run_dir"] + "2")  # refused before anything loads
+    with pytest.raises(ConfigError, match=r"select_tasks: 'mlm' has no dev data .*\(mlm.holdout is 0\)$"):
+        run_stage("multitask", **{**tiny, "run_dir": tiny["run_dir"] + "3"}, tasks=["sst", "mlm"],
+                  mlm={"holdout": 0.0}, select_tasks=["mlm"], max_steps=2)
     with pytest.raises(ConfigError, match="setting select_tasks: unknown task 'sstt'"):
         run_stage("evaluate", **tiny, init=result["run_dir"], select_tasks=["sstt"])
