@@ -273,3 +273,41 @@ def test_machine_names_its_vector_extension():
                                                                          "isa": "avx512"}},
             {"machine": {"cpu": "AMD EPYC"}}, {"machine": {"cpu": "AMD EPYC", "isa": "avx2"}}]
     assert render._machines(recs) == "EPYC (AVX2), Xeon (AVX512), EPYC"
+
+
+def test_targets(tmp_path):
+    """A table's targets judged from the records: the row's mean, each task against its single-task row (the
+    shortfalls named), and the highest dev mean within the time (minutes of one-thread CPU time)."""
+    from fastbert.experiments import render
+
+    def rec(dev, curve, wall_s=100.0, cpu_s=50.0, eval_limit=None, seed=0):
+        return {"dev": dev, "dev_mean": records.mean3(dev), "curve": curve, "wall_s": wall_s, "cpu_s": cpu_s,
+                "eval_limit": eval_limit, "seed": seed, "steps": 1, "dirty": False}
+
+    path = tmp_path / "goal.yaml"
+    path.write_text(yaml.safe_dump({
+        "targets": {"row": "top", "mean": 0.7, "single_task": {"sst": "solo/sst", "sts": "solo/sts"},
+                    "fast": {"mean": 0.6, "minutes": 1}},
+        "rows": [{"name": "top", "stage": "multitask"}, {"name": "quick", "stage": "multitask"}]}))
+    spec = specs.load(str(path))
+    top = {"sst": 0.5, "quora": 0.8, "sts": 0.9}
+    found = {"goal": {"top": [rec(top, [[60, 1, 0.55], [200, 2, 0.7]])],  # 0.55 at 0.5 min, 0.7 at 1.7 min
+                      "quick": [rec({"sst": 0.4, "quora": 0.7, "sts": 0.8}, [[110, 1, 0.62]], cpu_s=50),
+                                rec({"sst": 0.4, "quora": 0.7, "sts": 0.8}, [[110, 1, 0.64]], cpu_s=60, seed=1)]},
+             "solo": {"sst": [rec({"sst": 0.49}, [])], "sts": [rec({"sts": 0.92}, [])]}}
+    lines = render.targets_section(spec, found)
+    assert "| `top`: dev mean ≥ 0.7 | 0.733 (1 seed) | yes |" in lines
+    assert ("| `top`: every task at or above its single-task row | SST 0.500 vs solo/sst 0.490 (1 seed); "
+            "STS 0.900 vs solo/sts 0.920 (1 seed) | no: STS -0.020 |") in lines
+    # seed 0 of quick: 110 s * 50/100 = 0.92 min; seed 1: 1.1 min, too late; top's 0.7 at 1.7 min, too late
+    assert ("| some row: dev mean ≥ 0.6 within 1 minutes (one-thread CPU time) | highest within 1 min: 0.620 "
+            "(goal/quick seed 0, at 0.9 min) | yes |") in lines
+    del found["solo"]["sts"]
+    assert any(x.endswith("| — (a row not run yet) |") for x in render.targets_section(spec, found))
+    assert render.targets_section(spec, {})[4] == "| `top`: dev mean ≥ 0.7 | not run yet | — |"
+    for bad, message in (({"mean": 0.7}, "row None is not a row"), ({"row": "top", "mean": "high"}, "mean: a number"),
+                         ({"fast": {"mean": 0.7}}, "fast:"), ({"row": "top", "single_task": {"snli": "a/b"}}, "single_task:"),
+                         ({"goal": 1}, "unknown keys")):
+        path.write_text(yaml.safe_dump({"targets": bad, "rows": [{"name": "top", "stage": "multitask"}]}))
+        with pytest.raises(specs.SpecError, match=message):
+            specs.load(str(path))

@@ -146,6 +146,7 @@ def table_section(spec: Spec, recs: dict[str, list[dict]], root: str) -> list[st
     return lines + ["", "</details>", ""]
 
 
+LABEL = {"sst": "SST", "quora": "Quora", "sts": "STS"}
 GLANCE = {"mean": "dev mean of the three, one model", "sst": "SST accuracy", "quora": "Quora accuracy",
           "sts": "STS Pearson r"}
 
@@ -173,6 +174,64 @@ def at_a_glance(found: dict[str, dict[str, list[dict]]], runs) -> list[str]:
     return lines + [""]
 
 
+def targets_section(spec: Spec, found: dict[str, dict[str, list[dict]]]) -> list[str]:
+    """The spec's targets (specs.py) against the records: what was reached and whether it meets each."""
+    t = spec.targets
+    if not t:
+        return []
+
+    def recs_of(ref: str) -> list[dict]:
+        table, row = ref.split("/")
+        return found.get(table, {}).get(row, [])
+
+    def seeds(recs: list[dict]) -> str:
+        return f"{len(recs)} seed{'s' * (len(recs) != 1)}{_flags(recs)}"
+
+    lines = [f"**Targets of the `{spec.name}` table**, judged from its records:", "",
+             "| target | recorded | met |", "|---|---|---|"]
+    row, judged = t.get("row"), []
+    if row:
+        tt, tr = target(spec, spec.row(row))
+        judged = found.get(tt.name, {}).get(tr.name, [])
+    stats = row_stats(judged) if judged else None
+    if "mean" in t:
+        got = stats and stats["mean"]
+        lines.append(f"| `{row}`: dev mean ≥ {t['mean']} | " +
+                     (f"{_cell(got, len(judged))} ({seeds(judged)}) | {'yes' if got[0] >= t['mean'] else 'no'} |"
+                      if got else "not run yet | — |"))
+    if t.get("single_task"):
+        cells, short, missing = [], [], False
+        for task, ref in t["single_task"].items():
+            base, own = _stat([r["dev"].get(task) for r in recs_of(ref)]), stats and stats[task]
+            if not base or not own:
+                missing = True
+                cells.append(f"{LABEL[task]} {_fmt(own and own[0])} vs {ref} {_fmt(base and base[0])}")
+                continue
+            cells.append(f"{LABEL[task]} {own[0]:.3f} vs {ref} {base[0]:.3f} ({seeds(recs_of(ref))})")
+            if own[0] < base[0]:
+                short.append(f"{LABEL[task]} {own[0] - base[0]:+.3f}")
+        verdict = "— (a row not run yet)" if missing else f"no: {', '.join(short)}" if short else "yes"
+        lines.append(f"| `{row}`: every task at or above its single-task row | {'; '.join(cells)} | {verdict} |")
+    if "fast" in t:
+        goal, minutes = t["fast"]["mean"], t["fast"]["minutes"]
+        best = None  # (mean, label, minutes, subset) of the highest evaluation within the time
+        for r in spec.rows:
+            tt, tr = target(spec, r)
+            for x in found.get(tt.name, {}).get(tr.name, []):
+                if not (x.get("times_complete", True) and x["wall_s"]):
+                    continue
+                scale = x["cpu_s"] / x["wall_s"] / 60
+                for sec, _step, mean in x["curve"]:
+                    if mean is not None and sec * scale <= minutes and (best is None or mean > best[0]):
+                        best = (mean, f"{tt.name}/{tr.name} seed {x['seed']}", sec * scale,
+                                bool(x.get("eval_limit")))
+        lines.append(f"| some row: dev mean ≥ {goal} within {minutes} minutes (one-thread CPU time) | " +
+                     (f"highest within {minutes} min: {best[0]:.3f} ({best[1]}, at {best[2]:.1f} min"
+                      f"{', dev subset†' if best[3] else ''}) | {'yes' if best[0] >= goal else 'no'} |"
+                      if best else f"no evaluation within {minutes} min | no |"))
+    return lines + [""]
+
+
 def render(specs: list[Spec], root: str) -> str:
     """Writes <root>/RESULTS.md and <root>/results/*.png; returns the Markdown."""
     found = records.load_all(root)
@@ -191,6 +250,8 @@ def render(specs: list[Spec], root: str) -> str:
                   "is not the commit named): " + ", ".join(dirty) + ".**", ""]
     lines += ["**Not run yet** (no record): " + (", ".join(missing) if missing else "none") + ".", ""]
     lines += at_a_glance(found, runs)
+    for spec in specs:
+        lines += targets_section(spec, found)
     for spec in specs:
         recs = {r.name: found[t.name][tr.name] for r in spec.rows for t, tr in [target(spec, r)]
                 if tr.name in found.get(t.name, {})}

@@ -6,6 +6,11 @@ A spec:
     note: how the setting differs from the report's (budget, data)
     seeds: 1                                                      # default number of seeds for `run`
     baseline: default                                             # optional: compare rows with this one
+    targets:                                                      # optional: what the table must reach
+      row: best                                                   #   the row judged by `mean` and `single_task`
+      mean: 0.76                                                  #   its dev mean at least this
+      single_task: {sst: report1-t1/sst, ...}                     #   each task at or above that row's figure
+      fast: {mean: 0.75, minutes: 10}                             #   some row's dev curve reaches it that soon
     common: {skip_bad_rows: true}                                 # settings for every row
     rows:
       - name: additive
@@ -29,7 +34,8 @@ import yaml
 SPECS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs")
 TASKS = ("sst", "quora", "sts")  # the dev metrics of a table: SST accuracy, Quora accuracy, STS Pearson
 ROW_KEYS = {"name", "stage", "config", "recipe", "overrides", "report", "note", "same_as"}
-SPEC_KEYS = {"title", "source", "note", "seeds", "common", "rows", "curves", "baseline"}
+SPEC_KEYS = {"title", "source", "note", "seeds", "common", "rows", "curves", "baseline", "targets"}
+TARGET_KEYS = {"row", "mean", "single_task", "fast"}
 
 
 class SpecError(ValueError):
@@ -60,6 +66,7 @@ class Spec:
     rows: list[Row] = field(default_factory=list)
     curves: bool = False  # plot dev mean against wall-clock for this table's runs
     baseline: str | None = None  # a row the others are compared with ("vs <row>"), else the table's best
+    targets: dict = field(default_factory=dict)  # see the module docstring
 
     def row(self, name: str) -> Row:
         for r in self.rows:
@@ -100,7 +107,8 @@ def load(name_or_path: str) -> Spec:
         raise SpecError(f"{path}: unknown keys {sorted(unknown)} (allowed: {sorted(SPEC_KEYS)})")
     spec = Spec(name=_table_name(path), path=path, title=raw.get("title", _table_name(path)),
                 source=raw.get("source", ""), note=raw.get("note", ""), seeds=int(raw.get("seeds", 1)),
-                common=raw.get("common") or {}, curves=bool(raw.get("curves", False)), baseline=raw.get("baseline"))
+                common=raw.get("common") or {}, curves=bool(raw.get("curves", False)), baseline=raw.get("baseline"),
+                targets=raw.get("targets") or {})
     for i, r in enumerate(raw["rows"]):
         spec.rows.append(_row(path, i, r))
     seen = [r.name for r in spec.rows]
@@ -108,7 +116,32 @@ def load(name_or_path: str) -> Spec:
         raise SpecError(f"{path}: row names repeat: {seen}")
     if spec.baseline is not None and spec.baseline not in seen:
         raise SpecError(f"{path}: baseline {spec.baseline!r} is not a row (rows: {', '.join(seen)})")
+    _check_targets(path, spec.targets, seen)
     return spec
+
+
+def _check_targets(path: str, t, rows: list[str]) -> None:
+    def bad(problem: str):
+        raise SpecError(f"{path}: targets: {problem}, got {t!r}")
+
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if not isinstance(t, dict):
+        bad("a mapping")
+    if set(t) - TARGET_KEYS:
+        bad(f"unknown keys {sorted(set(t) - TARGET_KEYS)} (allowed: {sorted(TARGET_KEYS)})")
+    if ("mean" in t or "single_task" in t) and t.get("row") not in rows:
+        bad(f"row {t.get('row')!r} is not a row of the table")
+    if "mean" in t and not number(t["mean"]):
+        bad("mean: a number")
+    single = t.get("single_task", {})
+    if not isinstance(single, dict) or set(single) - set(TASKS) or \
+            any(not isinstance(v, str) or v.count("/") != 1 for v in single.values()):
+        bad(f"single_task: {{task: 'table/row'}} for tasks among {', '.join(TASKS)}")
+    fast = t.get("fast", {"mean": 0, "minutes": 0})
+    if not isinstance(fast, dict) or set(fast) != {"mean", "minutes"} or not all(map(number, fast.values())):
+        bad("fast: {mean: number, minutes: number}")
 
 
 def _row(path: str, i: int, r) -> Row:
