@@ -490,19 +490,22 @@ def chain(recipe: dict, overrides: dict | None = None) -> dict:
             raise config.ConfigError(f"chain link {i}: stage must be a training stage, got {stage!r}")
         path = os.path.join(root, f"{i}-{stage}")
         try:
-            planned.append(config.resolve(stage, config.merge(merged, link),
-                                          {**link_overrides, "run_dir": path, "init": link.get("init", init),
-                                           "resume": resume and bool(checkpoint.find_last(path))}))
+            cfg = config.resolve(stage, config.merge(merged, link),
+                                 {**link_overrides, "run_dir": path, "init": link.get("init", init),
+                                  "resume": resume and bool(checkpoint.find_last(path))})
         except config.ConfigError as e:
             raise config.ConfigError(f"chain link {i} ({stage}): {e}") from None
-        init = os.path.realpath(os.path.join(path, "best"))
+        planned.append((cfg, i > 0 and "init" not in link))
+        init = os.path.join(path, "best")
     result = None
-    for link_cfg in planned:
-        if os.path.exists(os.path.join(link_cfg["run_dir"], "dev_table.md")):
+    for cfg, from_previous in planned:
+        if os.path.exists(os.path.join(cfg["run_dir"], "dev_table.md")):
             if distributed.is_main():
-                print(f"chain: {link_cfg['run_dir']} is done, skipping")
-        else:
-            result = train(link_cfg)
+                print(f"chain: {cfg['run_dir']} is done, skipping")
+            continue
+        if from_previous:  # the previous link's best, now that it has trained
+            cfg = {**cfg, "init": os.path.realpath(cfg["init"])}
+        result = train(cfg)
     if distributed.is_main():
         with open(os.path.join(root, f"{len(links) - 1}-{links[-1]['stage']}", "dev_table.md"),
                   encoding="utf-8") as f:

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from fastbert.train import run_stage
 from fastbert.train.config import ConfigError
@@ -199,6 +200,9 @@ def test_chain_carries_the_encoder_and_heads(tiny, tmp_path):
                     run_dir=str(tmp_path / "chain"), max_steps=4)
     root = out["run_dir"]
     assert sorted(os.listdir(root)) == ["0-single", "1-single", "dev_table.md"]
+    with open(os.path.join(root, "1-single", "config.yaml"), encoding="utf-8") as f:
+        init = yaml.safe_load(f)["init"]  # link 0's best checkpoint itself, not the `best` link to it
+    assert init == os.path.realpath(os.path.join(root, "0-single", "best")) and not os.path.islink(init)
     first = records(os.path.join(root, "0-single"))
     final = [r for r in records(os.path.join(root, "1-single")) if "final" in r][0]["final"]["dev"]
     quora_first = [r for r in first if "final" in r][0]["final"]["dev"]["quora"]["main"]
